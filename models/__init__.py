@@ -1,0 +1,1 @@
+"""PyTorch sequence models: vocabulary, encoders, decoders, attention, search and checkpoints."""

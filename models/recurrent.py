@@ -1,0 +1,106 @@
+"""A stack of recurrent layers (vanilla RNN, GRU or LSTM) whose state is batch-first and inspectable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+CellType = Literal["rnn", "gru", "lstm"]
+_LAYERS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Shape of a recurrent stack."""
+
+    input_size: int
+    hidden_size: int
+    cell: CellType = "lstm"
+    num_layers: int = 1
+    dropout: float = 0.0  # between stacked layers, as in nn.LSTM
+    bidirectional: bool = False
+    learned_init: bool = False  # a trained initial state instead of zeros
+
+    def __post_init__(self) -> None:
+        if self.cell not in _LAYERS:
+            raise ValueError(f"cell must be one of {sorted(_LAYERS)}, got {self.cell!r}")
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+
+# State: {"h": (B, L*D, H)} and for LSTM also {"c": (B, L*D, H)}; D = 2 when bidirectional.
+RecurrentState = dict[str, Tensor]
+
+
+class RecurrentCore(nn.Module):
+    """nn.RNN / nn.GRU / nn.LSTM with a batch-first state dict and an optional learned initial state."""
+
+    def __init__(self, config: RecurrentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rnn = _LAYERS[config.cell](
+            input_size=config.input_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            bidirectional=config.bidirectional,
+            batch_first=True,
+            **({"nonlinearity": "tanh"} if config.cell == "rnn" else {}),
+        )
+        directions = 2 if config.bidirectional else 1
+        shape = (config.num_layers * directions, config.hidden_size)
+        self.init_h = nn.Parameter(torch.zeros(shape), requires_grad=config.learned_init)
+        self.init_c = nn.Parameter(torch.zeros(shape), requires_grad=config.learned_init)
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.config.cell == "lstm"
+
+    def initial_state(self, batch_size: int) -> RecurrentState:
+        """Zero (or learned) state for `batch_size` rows: h (and c) of shape (B, L*D, H)."""
+        state = {"h": self.init_h.unsqueeze(0).expand(batch_size, -1, -1)}
+        if self.is_lstm:
+            state["c"] = self.init_c.unsqueeze(0).expand(batch_size, -1, -1)
+        return state
+
+    def forward(
+        self, inputs: Tensor, state: RecurrentState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """Run over inputs (B, T, I) -> outputs (B, T, D*H) and the final state.
+
+        With `lengths` (B,), padded positions are skipped, so each row's final state is the state
+        after its own last real step (and outputs past that are zero).
+        """
+        if state is None:
+            state = self.initial_state(inputs.size(0))
+        hx = self._to_layer_major(state)
+        if lengths is None:
+            outputs, hx = self.rnn(inputs, hx)
+        else:
+            packed = pack_padded_sequence(
+                inputs, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            packed_out, hx = self.rnn(packed, hx)
+            outputs, _ = pad_packed_sequence(
+                packed_out, batch_first=True, total_length=inputs.size(1)
+            )
+        return outputs, self._to_batch_major(hx)
+
+    def _to_layer_major(self, state: RecurrentState) -> Tensor | tuple[Tensor, Tensor]:
+        h = state["h"].transpose(0, 1).contiguous()  # (L*D, B, H)
+        if self.is_lstm:
+            return h, state["c"].transpose(0, 1).contiguous()
+        return h
+
+    def _to_batch_major(self, hx: Tensor | tuple[Tensor, Tensor]) -> RecurrentState:
+        if isinstance(hx, tuple):
+            return {"h": hx[0].transpose(0, 1), "c": hx[1].transpose(0, 1)}  # (B, L*D, H)
+        return {"h": hx.transpose(0, 1)}

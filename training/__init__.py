@@ -1,0 +1,1 @@
+"""Training code: data preparation, training loops and evaluation."""

@@ -1,0 +1,1 @@
+"""Offline data preparation (emoji captions, Ding de-en, fortunes) and loaders for standard formats."""

@@ -1,0 +1,200 @@
+"""Shared helpers for data preparation: data root, downloads, stable splits and manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPLITS = ("train", "valid", "test")
+_DONE_MARKER = ".extracted"
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Fractions of keys that go to each split; they must sum to 1."""
+
+    train: float = 0.8
+    valid: float = 0.1
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.train, self.valid, self.test) < 0
+            or abs(self.train + self.valid + self.test - 1) > 1e-9
+        ):
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self}")
+
+
+DEFAULT_FRACTIONS = SplitFractions()
+
+
+@dataclass(frozen=True)
+class Download:
+    """A fetched package: the archive as downloaded and the folder it was extracted to."""
+
+    name: str
+    version: str
+    archive: Path
+    extracted: Path
+
+
+def data_root() -> Path:
+    """The data folder: `$DATA_DIR` if set, else `data/` at the repository root."""
+    return Path(os.environ.get("DATA_DIR") or REPO_ROOT / "data")
+
+
+def downloads_dir() -> Path:
+    """Cache folder for downloaded archives (`<data root>/_downloads`)."""
+    path = data_root() / "_downloads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def hash_fraction(key: str) -> float:
+    """Map a key to a number in [0, 1) by sha256; the same key always gives the same number."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def stable_split(key: str, fractions: SplitFractions = DEFAULT_FRACTIONS) -> str:
+    """Assign a key to "train", "valid" or "test" by its hash, independent of order and seeds."""
+    u = hash_fraction(key)
+    if u < fractions.test:
+        return "test"
+    if u < fractions.test + fractions.valid:
+        return "valid"
+    return "train"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_entry(download: Download, licence: str) -> dict[str, str]:
+    """The manifest record for one downloaded source."""
+    return {
+        "name": download.name,
+        "version": download.version,
+        "licence": licence,
+        "sha256": sha256_file(download.archive),
+    }
+
+
+def write_manifest(
+    directory: Path,
+    sources: Iterable[Mapping[str, str]],
+    counts: Mapping[str, object],
+    notes: str | Iterable[str] = "",
+) -> Path:
+    """Write `directory/manifest.json`: sources, counts, notes and the sha256 of every file produced."""
+    manifest_path = directory / "manifest.json"
+    files = {
+        path.relative_to(directory).as_posix(): sha256_file(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path != manifest_path
+    }
+    manifest = {
+        "sources": [dict(s) for s in sources],
+        "counts": dict(counts),
+        "notes": notes if isinstance(notes, str) else list(notes),
+        "files": files,
+    }
+    manifest_path.write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return manifest_path
+
+
+def safe_extract_tar(archive: Path, dest: Path) -> None:
+    """Extract a tarball, refusing absolute paths, `..`, links outside dest and device files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True)
+
+
+def fetch_npm(name: str, version: str, dest: Path) -> Download:
+    """`npm pack name@version` into the download cache (once) and extract it into dest.
+
+    The package contents end up under `dest/package/`, as in every npm tarball.
+    """
+    cache = downloads_dir()
+    tarball = cache / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if not tarball.exists():
+        result = _run(
+            ["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)], cwd=cache
+        )
+        if result.returncode != 0 or not tarball.exists():
+            raise RuntimeError(
+                f"npm pack {name}@{version} failed (is npm installed and the registry reachable?):\n"
+                f"{result.stderr.strip()}"
+            )
+    _extract_once(tarball, dest, safe_extract_tar)
+    return Download(name=name, version=version, archive=tarball, extracted=dest)
+
+
+def fetch_deb(name: str, dest: Path) -> Download:
+    """`apt-get download name` into the download cache (once) and `dpkg-deb -x` it into dest."""
+    cache = downloads_dir()
+    debs = sorted(cache.glob(f"{name}_*.deb"))
+    if not debs:
+        result = _run(["apt-get", "download", name], cwd=cache)
+        if result.returncode != 0:
+            _run(["apt-get", "update"])
+            result = _run(["apt-get", "download", name], cwd=cache)
+        debs = sorted(cache.glob(f"{name}_*.deb"))
+        if result.returncode != 0 or not debs:
+            raise RuntimeError(
+                f"apt-get download {name} failed (run `apt-get update`?):\n{result.stderr.strip()}"
+            )
+    deb = debs[-1]
+    _extract_once(deb, dest, _dpkg_extract)
+    version = _checked(["dpkg-deb", "-f", str(deb), "Version"]).strip()
+    return Download(name=name, version=version, archive=deb, extracted=dest)
+
+
+def _checked(cmd: list[str]) -> str:
+    result = _run(cmd)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr.strip()}")
+    return result.stdout
+
+
+def _dpkg_extract(deb: Path, dest: Path) -> None:
+    _checked(["dpkg-deb", "-x", str(deb), str(dest)])
+
+
+def _extract_once(archive: Path, dest: Path, extract: Callable[[Path, Path], None]) -> None:
+    """Extract archive into dest unless a marker says this very archive is already there."""
+    marker = dest / _DONE_MARKER
+    checksum = sha256_file(archive)
+    if marker.exists() and marker.read_text() == checksum:
+        return
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    extract(archive, dest)
+    marker.write_text(checksum)
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write one item per line (UTF-8, LF endings); return how many were written."""
+    items = list(lines)
+    path.write_text("".join(f"{line}\n" for line in items), encoding="utf-8")
+    return len(items)
