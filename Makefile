@@ -8,7 +8,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: install serve test lint format import-models clean
+.PHONY: install serve test test-service lint format import-models clean
 
 install: $(VENV)/.installed
 
@@ -17,8 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[dev]'
 	touch $@
 
+# Serves the models in the BentoML store at $(BENTOML_HOME) on $(HOST):$(PORT) (docs/service.md).
+serve: install
+	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
+
 test: install
 	$(PY) -m pytest -q
+
+# The service tests alone: helpers in-process, one real `bentoml serve`, `bentoml build` (~60 s).
+test-service: install
+	$(PY) -m pytest -q tests/test_service*.py
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -30,3 +38,34 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- models: the shipped defaults (pretrained/) and how they are made (docs/training.md) ----
+.PHONY: import-models retrain data train-captioner train-translator evaluate-models export-models
+
+# Import pretrained/* into the BentoML store ($(BENTOML_HOME)); skips models already there.
+import-models: install
+	$(PY) -m training.export import-shipped
+
+data: install
+	test -f data/emoji/dataset_emoji.json || $(PY) -m training.data.emoji
+	test -f data/de-en/train.en || $(PY) -m training.data.ding
+
+train-captioner: data
+	$(PY) -m training.train_captioner --preset default
+
+train-translator: data
+	$(PY) -m training.train_translator --preset default
+	$(PY) -m training.train_translator --preset default --attention none --name translator_noattn
+
+evaluate-models:
+	$(PY) -m training.evaluate --model runs/captioner_default/best --split test
+	$(PY) -m training.evaluate --model runs/translator_default/best --baseline runs/translator_noattn/best --split test
+
+export-models:
+	$(PY) -m training.export save --model runs/captioner_default/best --ship-dir pretrained/captioner
+	$(PY) -m training.export save --model runs/translator_default/best --ship-dir pretrained/translator
+
+# Retrain both defaults from scratch, evaluate them and replace pretrained/ (about 1.5 h here).
+retrain: data
+	rm -rf runs/captioner_default runs/translator_default runs/translator_noattn
+	$(MAKE) train-captioner train-translator evaluate-models export-models

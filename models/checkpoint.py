@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.captioner import Captioner, CaptionerConfig
+from models.language_model import CharLanguageModel, CharLMConfig
 from models.translator import Translator, TranslatorConfig
 from models.vocabulary import Vocabulary
 
@@ -25,6 +26,7 @@ CHECKSUMS = "checksums.json"
 MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "captioner": (Captioner, CaptionerConfig),
     "translator": (Translator, TranslatorConfig),
+    "char_lm": (CharLanguageModel, CharLMConfig),
 }
 
 

@@ -59,12 +59,9 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.config = config
         if config.backbone == "efficientnet-lite0":
-            net = efficientnet_lite0() if pretrained else _efficientnet_untrained()
-            self.features = net.extract_features
-            self.backbone = net
+            self.backbone = efficientnet_lite0() if pretrained else _efficientnet_untrained()
         else:
             self.backbone = small_cnn(config.feature_size)
-            self.features = self.backbone
         if not config.trainable:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -83,7 +80,10 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, S, S) -> pooled (B, D), grid (B, H*W, D)."""
         with torch.set_grad_enabled(self.config.trainable and torch.is_grad_enabled()):
-            grid = self.features(images)  # (B, D, 7, 7)
+            if self.config.backbone == "efficientnet-lite0":
+                grid = self.backbone.extract_features(images)  # (B, D, 7, 7)
+            else:
+                grid = self.backbone(images)  # (B, D, 7, 7)
         grid = grid.flatten(2).transpose(1, 2)  # (B, 49, D)
         return grid.mean(dim=1), grid
 

@@ -58,7 +58,8 @@ class RecurrentCore(nn.Module):
         directions = 2 if config.bidirectional else 1
         shape = (config.num_layers * directions, config.hidden_size)
         self.init_h = nn.Parameter(torch.zeros(shape), requires_grad=config.learned_init)
-        self.init_c = nn.Parameter(torch.zeros(shape), requires_grad=config.learned_init)
+        if self.is_lstm:
+            self.init_c = nn.Parameter(torch.zeros(shape), requires_grad=config.learned_init)
 
     @property
     def is_lstm(self) -> bool:

@@ -64,6 +64,7 @@ def normalized_score(log_prob: float, length: int, alpha: float) -> float:
     return log_prob / (((5.0 + length) / 6.0) ** alpha) if alpha else log_prob
 
 
+@torch.no_grad()
 def decode(
     stepper: Stepper, state: DecoderState, options: SearchOptions, max_lengths: Tensor | None = None
 ) -> list[list[Hypothesis]]:
@@ -170,8 +171,9 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search: B inputs x K beams run as B*K rows in one forward per step.
 
-    Hypotheses that produce END are set aside; an input is done once it has K finished ones or
-    reaches its length limit (its live beams are then kept as truncated). Returns n-best per input.
+    Hypotheses that produce END are set aside; an input is done once it has K finished ones that
+    no live beam can beat, or at its length limit (its live beams are then kept as truncated).
+    Returns the n-best per input.
     """
     batch, k, device = limits.size(0), options.beam_size, limits.device
     state = state.expand(k)  # rows b*K + j
@@ -216,13 +218,28 @@ def beam_search(
             [history_lps[rows], top_lps.gather(1, alive_pos).view(-1, 1)], dim=1
         )
         attention = step.attention_for(rows)
-        done = done | last | torch.tensor([len(f) >= k for f in finished], device=device)
+        done = done | last | _cannot_improve(finished, alive_scores[:, 0], t + 2, options)
         if bool(done.all()):
             break
         scores = alive_scores.masked_fill(done.unsqueeze(1), _NEG_INF)
         state = state.select(rows)
         prev = new_tokens
     return [sorted(f, key=lambda h: h.score, reverse=True)[: options.n_best] for f in finished]
+
+
+def _cannot_improve(
+    finished: list[list[Hypothesis]], best_alive: Tensor, length: int, options: SearchOptions
+) -> Tensor:
+    """(B,) true where K hypotheses are finished and the best live beam, ended at the shortest
+    length it can still reach, would not beat the K-th of them (live scores only fall)."""
+    k = options.beam_size
+    kth = [
+        sorted((h.score for h in f), reverse=True)[k - 1] if len(f) >= k else float("-inf")
+        for f in finished
+    ]
+    kth_scores = torch.tensor(kth, device=best_alive.device)
+    bound = best_alive / (((5.0 + length) / 6.0) ** options.length_penalty)
+    return bound <= kth_scores
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# A word keeps inner apostrophes and hyphens ("don't", "Peter's", "well-known"); every other
-# non-space character stands alone. \w covers umlauts and accented letters.
-_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]", re.UNICODE)
+# A number keeps its separators ("3.50", "10:30"), a word its inner apostrophes and hyphens
+# ("don't", "Peter's", "well-known"); every other non-space character stands alone.
+# \w covers umlauts and accented letters.
+_TOKEN = re.compile(r"\d+(?:[.,:]\d+)+|\w+(?:['’-]\w+)*|[^\w\s]", re.UNICODE)
 _NO_SPACE_BEFORE = set(".,!?;:%)]}…”’»")
 _NO_SPACE_AFTER = set("([{¿¡“‘«")
 

@@ -1,0 +1,227 @@
+"""Shared fixtures: an isolated BentoML home, tiny random-weight models in it, one served process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# BENTOML_HOME is read once, at bentoml's first use: point it at a throw-away store before any
+# test module imports bentoml, so no test ever touches the real store.
+BENTOML_HOME = Path(tempfile.mkdtemp(prefix="seqserve-test-bentoml-"))
+os.environ["BENTOML_HOME"] = str(BENTOML_HOME)
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+GOLDEN_OPTIONS = {"method": "greedy", "max_length": 12}
+SOURCE_TEXT = [
+    "the cat sits on the mat .",
+    "a dog runs in the park .",
+    "I like green tea and pizza .",
+    "where is the station ?",
+]
+TARGET_TEXT = [
+    "die Katze sitzt auf der Matte .",
+    "ein Hund rennt im Park .",
+    "ich mag grünen Tee und Pizza .",
+    "wo ist der Bahnhof ?",
+]
+CAPTIONS = ["cat face", "dog face", "slice of pizza", "a house under the sun", "white daisy"]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shutil.rmtree(BENTOML_HOME, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class StoredModels:
+    """Tags and golden records of the tiny models written into the test store."""
+
+    captioner: str
+    translator: str
+    golden: dict[str, dict]
+    sentences: tuple[str, ...] = tuple(SOURCE_TEXT)  # in the translator's source vocabulary
+
+
+def _peaked(model) -> None:
+    """Random weights give near-uniform outputs; scaling the output layer makes decisions clear."""
+    import torch
+
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(6.0)
+
+
+def build_tiny_models(seed: int = 0) -> StoredModels:
+    """A small-CNN captioner and a small translator with random weights, saved into the store
+    with the golden output they produce themselves (greedy, max_length 12)."""
+    import bentoml
+    import torch
+    from PIL import Image
+
+    from models.captioner import Captioner, CaptionerConfig
+    from models.checkpoint import save_model
+    from models.encoders import ImageEncoderConfig, TextEncoderConfig
+    from models.inference import caption_images, translate
+    from models.search import SearchOptions
+    from models.tokenizers import WordTokenizer
+    from models.translator import Translator, TranslatorConfig
+    from models.vocabulary import Vocabulary
+
+    torch.manual_seed(seed)
+    options = SearchOptions(**GOLDEN_OPTIONS)
+    words = Vocabulary.build(CAPTIONS, WordTokenizer(lowercase=True))
+    captioner = Captioner(
+        CaptionerConfig.create(
+            ImageEncoderConfig(backbone="small-cnn"),
+            len(words),
+            embed_size=16,
+            hidden_size=32,
+            attention="additive",
+            attention_size=16,
+        )
+    ).eval()
+    _peaked(captioner)
+    golden_png = (IMAGES / "emoji_cat_face.png").read_bytes()
+    image = captioner.encoder.preprocess(Image.open(io.BytesIO(golden_png)))
+    found = caption_images(captioner, image.unsqueeze(0), options)[0][0]
+    caption_golden = {
+        "input": "golden.png",
+        "options": GOLDEN_OPTIONS,
+        "output": words.decode(found.tokens),
+    }
+
+    source = Vocabulary.build(SOURCE_TEXT, WordTokenizer())
+    target = Vocabulary.build(TARGET_TEXT, WordTokenizer())
+    translator = Translator(
+        TranslatorConfig.create(
+            TextEncoderConfig(len(source), embed_size=16, hidden_size=16),
+            len(target),
+            embed_size=16,
+            hidden_size=32,
+            attention="multiplicative",
+        )
+    ).eval()
+    _peaked(translator)
+    found = translate(translator, source, [SOURCE_TEXT[0]], options)[0][0]
+    translate_golden = {
+        "input": SOURCE_TEXT[0],
+        "options": GOLDEN_OPTIONS,
+        "output": target.decode(found.tokens),
+    }
+
+    tags = {}
+    for name, model, vocabularies, golden, extra in (
+        ("captioner", captioner, {"target": words}, caption_golden, {"golden.png": golden_png}),
+        ("translator", translator, {"source": source, "target": target}, translate_golden, {}),
+    ):
+        files = {"golden.json": json.dumps(golden).encode(), **extra}
+        with bentoml.models.create(name, metadata={"scores": {"random_weights": True}}) as stored:
+            save_model(stored.path, model, vocabularies, extra_files=files)
+        tags[name] = str(stored.tag)
+    return StoredModels(
+        tags["captioner"],
+        tags["translator"],
+        {"captioner": caption_golden, "translator": translate_golden},
+    )
+
+
+@pytest.fixture(scope="session")
+def stored_models() -> StoredModels:
+    """The tiny models, built once per session into the temporary store."""
+    return build_tiny_models()
+
+
+@pytest.fixture(scope="session")
+def pixel_bomb() -> bytes:
+    """A 20000x20000 PNG of a few bytes: a valid header and almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    log: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(
+    stored_models: StoredModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One `bentoml serve` process for the whole session, ready (golden checks passed)."""
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {
+        **os.environ,
+        "SEQSERVE_CAPTION_BODY_BYTES": str(2 * 1024 * 1024),  # small, so 413 is cheap to test
+        "SEQSERVE_TRANSLATE_BODY_BYTES": str(256 * 1024),
+    }
+    command = [sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"bentoml serve did not become ready:\n{log.read_text()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        yield Server(url, log, process)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,55 @@
+"""Small random models and vocabularies shared by the core tests."""
+
+from __future__ import annotations
+
+import torch
+
+from models.captioner import Captioner, CaptionerConfig
+from models.encoders import ImageEncoderConfig, TextEncoderConfig
+from models.tokenizers import WordTokenizer
+from models.translator import Translator, TranslatorConfig
+from models.vocabulary import Vocabulary
+
+WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
+
+
+def toy_vocabulary() -> Vocabulary:
+    """Specials plus twelve one-letter words."""
+    return Vocabulary.build([" ".join(WORDS)], WordTokenizer())
+
+
+def random_translator(
+    seed: int = 0, cell: str = "lstm", layers: int = 1, attention: str = "additive", size: int = 16
+) -> Translator:
+    """An untrained translator with peaked (low-entropy) output distributions."""
+    torch.manual_seed(seed)
+    vocab_size = len(toy_vocabulary())
+    encoder = TextEncoderConfig(vocab_size, 8, size, cell, layers, 0.0)
+    config = TranslatorConfig.create(
+        encoder,
+        vocab_size,
+        embed_size=8,
+        hidden_size=size,
+        cell=cell,
+        num_layers=layers,
+        dropout=0.0,
+        attention=attention,
+    )
+    model = Translator(config).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(8.0)  # sharper distributions make search choices matter
+    return model
+
+
+def random_captioner(seed: int = 0, attention: str = "additive", image_size: int = 56) -> Captioner:
+    """An untrained captioner on the small CNN backbone."""
+    torch.manual_seed(seed)
+    config = CaptionerConfig.create(
+        ImageEncoderConfig(backbone="small-cnn", trainable=True, image_size=image_size),
+        len(toy_vocabulary()),
+        embed_size=8,
+        hidden_size=16,
+        dropout=0.0,
+        attention=attention,
+    )
+    return Captioner(config, pretrained=False).eval()

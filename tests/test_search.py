@@ -1,0 +1,188 @@
+"""The one decoding module: properties of greedy search, beam search and sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from models.decoders import DecoderState
+from models.inference import translate
+from models.search import SearchOptions, decode
+from models.vocabulary import END, PAD, START
+from tests.helpers import random_translator, toy_vocabulary
+
+SENTENCES = ["a b c", "d e f g h i j", "k", "l a b c d e"]
+MODELS = [("lstm", "additive"), ("gru", "multiplicative"), ("rnn", "none"), ("lstm", "none")]
+
+
+def run(model, options: SearchOptions, sentences: list[str] = SENTENCES):
+    return translate(model, toy_vocabulary(), sentences, options)
+
+
+class ScriptedStepper:
+    """A stepper whose next-token distribution depends only on the step number."""
+
+    def __init__(self, script: list[list[float]]) -> None:
+        self.script = torch.log_softmax(torch.tensor(script, dtype=torch.float), dim=-1)  # (T, V)
+
+    def state(self, rows: int) -> DecoderState:
+        return DecoderState({"t": torch.zeros(rows, 1, dtype=torch.long)})
+
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        t = state.recurrent["t"][:, 0].clamp(max=len(self.script) - 1)
+        return self.script[t], DecoderState({"t": state.recurrent["t"] + 1})
+
+
+# vocabulary of 6: PAD, START, END, UNK, x=4, y=5
+ENDS_AT_STEP_3 = [[0, 0, 0, 0, 5, 1], [0, 0, 0, 0, 1, 5], [0, 0, 0, 0, 5, 1], [0, 0, 9, 0, 1, 1]]
+
+
+@pytest.mark.parametrize(("cell", "attention"), MODELS)
+def test_beam_size_one_equals_greedy(cell: str, attention: str) -> None:
+    model = random_translator(1, cell, 2, attention)
+    greedy = run(model, SearchOptions("greedy", max_length=15))
+    beam = run(model, SearchOptions("beam", beam_size=1, max_length=15))
+    for g, b in zip(greedy, beam, strict=True):
+        assert g[0].tokens == b[0].tokens
+        assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-5)
+        assert g[0].truncated == b[0].truncated
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize(("cell", "attention"), MODELS)
+def test_alone_equals_inside_a_batch_of_mixed_lengths(
+    method: str, cell: str, attention: str
+) -> None:
+    model = random_translator(2, cell, 2, attention)
+    options = SearchOptions(method, beam_size=4, n_best=3, max_length=12, seed=7)
+    batched = run(model, options)
+    for sentence, together in zip(SENTENCES, batched, strict=True):
+        (alone,) = run(model, options, [sentence])
+        assert [h.tokens for h in alone] == [h.tokens for h in together]
+        for a, b in zip(alone, together, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_decoding_stops_at_end() -> None:
+    stepper = ScriptedStepper(ENDS_AT_STEP_3)
+    for method in ("greedy", "beam"):
+        ((best, *_),) = decode(
+            stepper, stepper.state(1), SearchOptions(method, beam_size=2, max_length=10)
+        )
+        assert best.tokens == [4, 5, 4] and not best.truncated
+        assert len(best.token_log_probs) == 4  # three tokens and END
+
+
+def test_max_length_truncates_and_flags_it() -> None:
+    stepper = ScriptedStepper(ENDS_AT_STEP_3)
+    for method in ("greedy", "beam", "sample"):
+        options = SearchOptions(method, beam_size=2, max_length=2, seed=0)
+        ((best, *_),) = decode(stepper, stepper.state(1), options)
+        assert best.truncated and len(best.tokens) == 2
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_per_input_max_length(method: str) -> None:
+    model = random_translator(3, attention="none")
+    limits = torch.tensor([1, 3, 5, 8])
+    options = SearchOptions(
+        method, beam_size=3, max_length=6, seed=1, min_length=10
+    )  # END never allowed
+    state = model.init_state(*_source(model))
+    results = decode(model.decoder, state, options, limits)
+    assert [len(r[0].tokens) for r in results] == [1, 3, 5, 6]
+    assert all(r[0].truncated for r in results)
+
+
+def _source(model) -> tuple[Tensor, Tensor]:
+    from models.inference import pad_batch, source_ids
+
+    return pad_batch([source_ids(toy_vocabulary(), s) for s in SENTENCES])
+
+
+@pytest.mark.parametrize(("cell", "attention"), MODELS)
+def test_n_best_is_sorted_and_distinct(cell: str, attention: str) -> None:
+    model = random_translator(4, cell, 1, attention)
+    for hypotheses in run(model, SearchOptions("beam", beam_size=5, n_best=5, max_length=10)):
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hypotheses}) == len(hypotheses) == 5
+
+
+def test_scores_are_consistent_with_token_log_probs() -> None:
+    model = random_translator(5)
+    options = SearchOptions("beam", beam_size=3, n_best=3, max_length=10, length_penalty=0.7)
+    for hypotheses in run(model, options):
+        for h in hypotheses:
+            assert h.log_prob == pytest.approx(sum(h.token_log_probs), abs=1e-5)
+            length = len(h.token_log_probs)
+            assert h.score == pytest.approx(h.log_prob / ((5 + length) / 6) ** 0.7, abs=1e-5)
+            assert len(h.token_log_probs) == len(h.tokens) + (0 if h.truncated else 1)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_min_length_and_special_tokens(method: str) -> None:
+    model = random_translator(6)
+    options = SearchOptions(method, beam_size=3, max_length=12, min_length=4, seed=3)
+    for best, *_ in run(model, options):
+        assert len(best.tokens) >= 4
+        assert not {PAD, START, END} & set(best.tokens)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeated_ngrams(method: str, n: int) -> None:
+    model = random_translator(7)
+    options = SearchOptions(method, beam_size=3, max_length=12, no_repeat_ngram_size=n, seed=2)
+    for best, *_ in run(model, options):
+        grams = [tuple(best.tokens[i : i + n]) for i in range(len(best.tokens) - n + 1)]
+        assert len(grams) == len(set(grams))
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without() -> None:
+    model = random_translator(8)
+    options = SearchOptions("sample", n_best=4, max_length=10, seed=123, temperature=2.0)
+    first, second = run(model, options), run(model, options)
+    assert [[h.tokens for h in r] for r in first] == [[h.tokens for h in r] for r in second]
+    other = run(model, SearchOptions("sample", n_best=4, max_length=10, seed=124, temperature=2.0))
+    assert [[h.tokens for h in r] for r in first] != [[h.tokens for h in r] for r in other]
+
+
+def test_sampling_with_top_k_one_is_greedy() -> None:
+    model = random_translator(9)
+    greedy = run(model, SearchOptions("greedy", max_length=10))
+    sampled = run(model, SearchOptions("sample", top_k=1, max_length=10, seed=5, temperature=3.0))
+    assert [r[0].tokens for r in greedy] == [r[0].tokens for r in sampled]
+
+
+def test_sampling_follows_the_distribution() -> None:
+    # PAD and START are never generated, so x has weight 3 of 1 (END) + 1 (UNK) + 3 (x) + 1 (y)
+    stepper = ScriptedStepper([[0, 0, 0, 0, 1.0986, 0]])
+    options = SearchOptions("sample", n_best=4000, max_length=1, seed=0)  # seeds 0..3999
+    (samples,) = decode(stepper, stepper.state(1), options)
+    share = sum(1 for h in samples if h.tokens == [4]) / len(samples)
+    assert share == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_attention_rows_align_with_tokens(method: str) -> None:
+    model = random_translator(10, attention="multiplicative")
+    vocabulary = toy_vocabulary()
+    for sentence, (best, *_) in zip(
+        SENTENCES, run(model, SearchOptions(method, beam_size=3, max_length=8)), strict=True
+    ):
+        source_length = len(vocabulary.encode(sentence)) + 1
+        assert best.attention.shape[0] == len(best.token_log_probs)
+        assert best.attention.shape[1] >= source_length
+        torch.testing.assert_close(best.attention.sum(-1), torch.ones(len(best.token_log_probs)))
+        assert torch.all(best.attention[:, source_length:] == 0)
+
+
+def test_invalid_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="n_best"):
+        SearchOptions("beam", beam_size=2, n_best=3)
+    with pytest.raises(ValueError, match="temperature"):
+        SearchOptions("sample", temperature=0)
+    with pytest.raises(ValueError, match="method"):
+        SearchOptions("nucleus")  # type: ignore[arg-type]
