@@ -58,7 +58,7 @@ def _reverse_batch(
 @pytest.mark.parametrize("attention", ["additive", "multiplicative"])
 def test_translator_learns_to_reverse(attention: str) -> None:
     """(The attention-free model needs thousands of steps for this; it is trained on real data.)"""
-    longest, lr = 5, 1e-2
+    longest = 5
     torch.manual_seed(0)
     vocabulary, generator = toy_vocabulary(), torch.Generator().manual_seed(0)
     encoder = TextEncoderConfig(len(vocabulary), 32, 64, "lstm", 1, 0.0, bidirectional=True)
