@@ -79,11 +79,10 @@ class DecoderState:
 
     def select(self, rows: Tensor, include_static: bool = False) -> DecoderState:
         """Keep `rows` (N',) of the recurrent state (and of the static part when it differs per row)."""
-        static = {k: v.index_select(0, rows) for k, v in self.static.items()}
-        return DecoderState(
-            {k: v.index_select(0, rows) for k, v in self.recurrent.items()},
-            static if include_static else self.static,
-        )
+        static = self.static
+        if include_static:
+            static = {k: v.index_select(0, rows) for k, v in static.items()}
+        return DecoderState({k: v.index_select(0, rows) for k, v in self.recurrent.items()}, static)
 
 
 class RecurrentDecoder(nn.Module):
