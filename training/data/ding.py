@@ -34,7 +34,7 @@ _ANNOTATIONS = [
     re.compile(r"\s*\{[^{}]*\}"),  # {f} {pl} {vt} {hid; hidden}: grammar
     re.compile(r"\s*\[[^\[\]]*\]"),  # [Br.] [ugs.] [comp.]: region, register, field
     re.compile(r"\s*<[^<>]*>"),  # <genügen>: search keywords
-    re.compile(r"\s*~\S+"),  # ~Reparationen: cross references
+    re.compile(r"\s*~[^;]*"),  # ~Reparationen, ~ legal aid: cross reference to the synonym's end
     re.compile(r"\s+/[^\s/][^/]*[^\s/]/(?=[\s;,]|$)"),  # /IFP/ /bu.; bsh./: abbreviations
 ]
 _PARENTHESES = re.compile(r"\s*\([^()]*\)")  # (zoologische Familie), (on a menu): innermost first
@@ -49,7 +49,7 @@ CLEANING_RULES = [
     "English synonym",
     "typographic apostrophes become ', spaces are collapsed, no space before punctuation",
     "keep sentences (both sides start with a capital or digit and end with . ! ?) and other phrases "
-    f"of {MIN_PHRASE_WORDS}+ words on both sides",
+    f"of {MIN_PHRASE_WORDS}+ words on one side and {MIN_PHRASE_WORDS - 1}+ on the other",
     f"drop empty pairs, pairs over {MAX_WORDS} words on either side, and pairs with other characters "
     "(slashes, brackets, =, +, ...) left after cleaning; drop duplicates",
 ]
@@ -108,7 +108,10 @@ def classify(pair: Pair) -> str:
         return "other_characters"
     if is_sentence(de) and is_sentence(en):
         return "sentence"
-    if min(de_words, en_words) >= MIN_PHRASE_WORDS:
+    if (
+        max(de_words, en_words) >= MIN_PHRASE_WORDS
+        and min(de_words, en_words) >= MIN_PHRASE_WORDS - 1
+    ):
         return "phrase"
     return "short_phrase"
 
@@ -136,25 +139,42 @@ def normalize(text: str) -> str:
 def split_pairs(pairs: list[Pair], target: int) -> tuple[dict[str, list[Pair]], Counter[str]]:
     """Split by hash of the normalized English; valid/test lose pairs whose sides occur earlier.
 
-    About `target` pairs go to each of valid and test before the leakage filter.
+    The held-out fraction is chosen so that about `target` pairs are left in valid and in test after
+    the overlap filter: one pass measures how many the filter removes, a second pass compensates.
     """
     held_out = min(target / max(len(pairs), 1), 0.25)
+    splits, removed = remove_overlap(assign_splits(pairs, held_out))
+    left = (len(splits["valid"]) + len(splits["test"])) / 2
+    if left:
+        held_out = min(held_out * target / left, 0.25)
+        splits, removed = remove_overlap(assign_splits(pairs, held_out))
+    return splits, removed
+
+
+def assign_splits(pairs: list[Pair], held_out: float) -> dict[str, list[Pair]]:
+    """Assign each pair by the stable hash of its normalized English side (held_out each to valid, test)."""
     fractions = SplitFractions(train=1 - 2 * held_out, valid=held_out, test=held_out)
     assigned: dict[str, list[Pair]] = {name: [] for name in SPLITS}
     for pair in pairs:
         assigned[stable_split(f"ding:{normalize(pair[1])}", fractions)].append(pair)
+    return assigned
+
+
+def remove_overlap(assigned: dict[str, list[Pair]]) -> tuple[dict[str, list[Pair]], Counter[str]]:
+    """Drop from each split the pairs whose German or English side occurs in an earlier split."""
     seen_de: set[str] = set()
     seen_en: set[str] = set()
-    leaked: Counter[str] = Counter()
+    removed: Counter[str] = Counter()
     result: dict[str, list[Pair]] = {}
-    for name in SPLITS:  # train first: it never loses pairs
-        clean = [(de, en) for de, en in assigned[name] if normalize(de) not in seen_de]
-        clean = [(de, en) for de, en in clean if normalize(en) not in seen_en]
-        leaked[name] = len(assigned[name]) - len(clean)
-        seen_de.update(normalize(de) for de, _ in assigned[name])
-        seen_en.update(normalize(en) for _, en in assigned[name])
-        result[name] = clean
-    return result, leaked
+    for name in SPLITS:  # train first, so train never loses pairs
+        pairs = assigned[name]
+        result[name] = [
+            p for p in pairs if normalize(p[0]) not in seen_de and normalize(p[1]) not in seen_en
+        ]
+        removed[name] = len(pairs) - len(result[name])
+        seen_de.update(normalize(de) for de, _ in pairs)
+        seen_en.update(normalize(en) for _, en in pairs)
+    return result, removed
 
 
 def write_splits(out: Path, splits: dict[str, list[Pair]]) -> dict[str, int]:
@@ -194,6 +214,7 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     out.mkdir(parents=True)
     counts: dict[str, object] = {
         "pairs": write_splits(out, splits),
+        "kinds": {name: dict(Counter(map(classify, ps))) for name, ps in splits.items()},
         "dropped_for_overlap_with_earlier_split": dict(leaked),
         "kept_unique": len(pairs),
         "candidates_by_outcome": dict(sorted(reasons.items())),

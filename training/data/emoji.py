@@ -113,7 +113,7 @@ def render_openmoji(
                 output_height=IMAGE_SIZE,
             )
             kept.append(key)
-        except Exception:  # noqa: BLE001 - a broken SVG only loses that image
+        except Exception:  # a broken SVG loses only that image, not the run
             failed += 1
     return kept, failed
 
@@ -148,7 +148,7 @@ def karpathy_images(
                     ],
                     "sentids": [imgid],
                     "hexcode": concept.hexcode,
-                    "base_hexcode": concept.base_key,
+                    "base_key": concept.base_key,
                 }
             )
     return records
@@ -166,7 +166,7 @@ def count_records(
         "images_per_split": dict(sorted(per_split.items())),
         "images_per_style_split": dict(sorted(per_style.items())),
         "concepts_per_split": dict(sorted(Counter(concept_splits.values()).items())),
-        "base_concepts": len({r["base_hexcode"] for r in records}),
+        "base_concepts": len({r["base_key"] for r in records}),
         "labelled_concepts_in_emojibase": len(concepts),
     }
 
