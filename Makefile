@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[dev]'
 	touch $@
 
-# Serves the models in the BentoML store at $(BENTOML_HOME) on $(HOST):$(PORT) (docs/service.md).
-serve: install
+# Serves the shipped models (imported into $(BENTOML_HOME) first) on $(HOST):$(PORT); docs/service.md.
+serve: import-models
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
 
 test: install

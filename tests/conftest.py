@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests run torch on one thread: tiny models are fastest there, and two OpenMP threads spinning
+# against other processes made a toy training step 17x slower.
+torch.set_num_threads(1)
 
 # BENTOML_HOME is read once, at bentoml's first use: point it at a throw-away store before any
 # test module imports bentoml, so no test ever touches the real store.
@@ -60,8 +65,6 @@ class StoredModels:
 
 def _peaked(model) -> None:
     """Random weights give near-uniform outputs; scaling the output layer makes decisions clear."""
-    import torch
-
     with torch.no_grad():
         model.decoder.output.weight.mul_(6.0)
 
@@ -70,7 +73,6 @@ def build_tiny_models(seed: int = 0) -> StoredModels:
     """A small-CNN captioner and a small translator with random weights, saved into the store
     with the golden output they produce themselves (greedy, max_length 12)."""
     import bentoml
-    import torch
     from PIL import Image
 
     from models.captioner import Captioner, CaptionerConfig
@@ -189,6 +191,7 @@ def server(
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {
         **os.environ,
+        "SEQSERVE_TORCH_THREADS": "1",  # tiny models, shared cores: see above
         "SEQSERVE_CAPTION_BODY_BYTES": str(2 * 1024 * 1024),  # small, so 413 is cheap to test
         "SEQSERVE_TRANSLATE_BODY_BYTES": str(256 * 1024),
     }

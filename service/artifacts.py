@@ -1,0 +1,116 @@
+"""Model artifacts in the BentoML store: find them, load them with checksums verified, read their golden."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.checkpoint import load_model
+from models.vocabulary import Vocabulary
+
+GOLDEN = "golden.json"
+# vocabulary file names tried in order (vocab.<name>.json); a single vocabulary serves every role
+TARGET_NAMES = ("target", "tgt", "caption", "captions", "words")
+SOURCE_NAMES = ("source", "src")
+
+
+class ArtifactError(RuntimeError):
+    """A model in the store is missing, incomplete or fails its golden check."""
+
+
+@dataclass
+class ServedModel:
+    """A loaded store model with what the service needs to answer with it."""
+
+    name: str  # store name, e.g. "captioner"
+    tag: str  # "captioner:<version>"
+    kind: str  # "captioner" | "translator"
+    model: nn.Module
+    target: Vocabulary
+    source: Vocabulary | None
+    path: Path
+    golden: dict[str, Any]
+    scores: dict[str, Any] = field(default_factory=dict)
+    autocast: bool = False  # bf16 autocast on CUDA; switched off if it changes the golden output
+
+    @property
+    def attention(self) -> str:
+        return str(self.model.config.decoder.attention)
+
+    def info(self) -> dict[str, Any]:
+        """What GET /models reports about this model."""
+        config = self.model.config
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "kind": self.kind,
+            "attention": self.attention,
+            "cell": config.decoder.cell,
+            "vocab_size": {
+                "target": len(self.target),
+                **({"source": len(self.source)} if self.source is not None else {}),
+            },
+            "image_encoder": config.encoder.backbone if self.kind == "captioner" else None,
+            "precision": "bf16-autocast" if self.autocast else "fp32",
+            "scores": self.scores,
+        }
+
+
+def load_served_model(name: str, kind: str, device: torch.device) -> ServedModel:
+    """Load `name:latest` from the store (checksums verified: ChecksumError on a mismatch)."""
+    import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
+
+    try:
+        stored = bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        raise ArtifactError(
+            f"model {name!r} is not in the BentoML store at $BENTOML_HOME; import it first "
+            "(make import-models)"
+        ) from None
+    path = Path(stored.path)
+    loaded = load_model(path, device)
+    if loaded.kind != kind:
+        raise ArtifactError(f"{stored.tag}: is a {loaded.kind}, expected a {kind}")
+    golden_path = path / GOLDEN
+    if not golden_path.is_file():
+        raise ArtifactError(f"{stored.tag}: {GOLDEN} is missing; re-export the model with it")
+    metadata = dict(stored.info.metadata or {})
+    return ServedModel(
+        name=name,
+        tag=str(stored.tag),
+        kind=kind,
+        model=loaded.model,
+        target=_vocabulary(loaded.vocabularies, TARGET_NAMES, str(stored.tag)),
+        source=(
+            _vocabulary(loaded.vocabularies, SOURCE_NAMES, str(stored.tag))
+            if kind == "translator"
+            else None
+        ),
+        path=path,
+        golden=json.loads(golden_path.read_text(encoding="utf-8")),
+        scores=_scores(metadata) or _scores(loaded.metadata),
+        autocast=device.type == "cuda",
+    )
+
+
+def _scores(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation scores recorded at export ("evaluation" by training.export, or "scores")."""
+    return dict(metadata.get("scores") or metadata.get("evaluation") or {})
+
+
+def _vocabulary(
+    vocabularies: dict[str, Vocabulary], names: tuple[str, ...], tag: str
+) -> Vocabulary:
+    for name in names:
+        if name in vocabularies:
+            return vocabularies[name]
+    if len(vocabularies) == 1:
+        return next(iter(vocabularies.values()))
+    raise ArtifactError(
+        f"{tag}: no vocabulary named {' or '.join(names)} among {sorted(vocabularies)}"
+    )

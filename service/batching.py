@@ -1,0 +1,133 @@
+"""An in-process batch queue: one worker thread runs what concurrent requests queued as one batch."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import overloaded
+
+logger = logging.getLogger("bentoml.seqserve")
+
+# family, payloads (in queue order) -> one result per payload
+BatchRunner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Job:
+    family: Hashable
+    payload: Any
+    rows: int
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Queue jobs from many request threads; a single worker takes the oldest job's family and
+    runs it with every other queued job of that family, up to `max_rows(family)` rows.
+
+    A batch starts as soon as the worker is free, except that it waits (at most `max_wait_s`)
+    for requests that announced themselves with `arriving()` and are still being decoded, so a
+    lone request never waits and a burst is not split into a small batch and a big one.
+    """
+
+    def __init__(
+        self,
+        run: BatchRunner,
+        max_rows: Callable[[Hashable], int],
+        max_wait_s: float,
+        max_queue_rows: int,
+    ) -> None:
+        self._run, self._max_rows = run, max_rows
+        self._max_wait_s, self._max_queue_rows = max_wait_s, max_queue_rows
+        self._pending: deque[_Job] = deque()
+        self._arriving = 0
+        self._stopping = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="seqserve-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request that will submit soon (while it decodes its inputs)."""
+        with self._changed:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._arriving -= 1
+                self._changed.notify_all()
+
+    def submit(self, family: Hashable, payload: Any, rows: int = 1) -> Future:
+        """Queue one job; its future gets the runner's result for `payload` (or its error)."""
+        job = _Job(family, payload, rows)
+        with self._changed:
+            queued = sum(j.rows for j in self._pending)
+            if queued + rows > self._max_queue_rows:
+                raise overloaded(f"{queued} inputs are queued; retry later")
+            self._pending.append(job)
+            self._changed.notify_all()
+        return job.future
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            family, jobs = batch
+            if not jobs:
+                continue
+            try:
+                results = self._run(family, [job.payload for job in jobs])
+            except BaseException as error:  # handed to the waiting requests; the worker lives on
+                for job in jobs:
+                    job.future.set_exception(error)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                job.future.set_result(result)
+
+    def _next_batch(self) -> tuple[Hashable, list[_Job]] | None:
+        with self._changed:
+            while not self._pending and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            family = self._pending[0].family
+            limit = self._max_rows(family)
+            deadline = time.monotonic() + self._max_wait_s
+            while self._arriving and self._rows_of(family) < limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            jobs, rows, kept, full = [], 0, deque(), False
+            for job in self._pending:
+                if job.future.cancelled():
+                    continue  # its request timed out while queued
+                if full or job.family != family or (jobs and rows + job.rows > limit):
+                    full = full or job.family == family  # keep queue order within a family
+                    kept.append(job)
+                elif job.future.set_running_or_notify_cancel():
+                    jobs.append(job)
+                    rows += job.rows
+            self._pending = kept
+            return family, jobs
+
+    def _rows_of(self, family: Hashable) -> int:
+        return sum(job.rows for job in self._pending if job.family == family)

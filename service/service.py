@@ -1,0 +1,131 @@
+"""The BentoML service: captioner and translator in one process, so one GPU serves both.
+
+`bentoml serve service.service:SeqServe`. The parent process imports this module too, so
+nothing here imports torch or loads a model; the worker does both in `__init__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.errors import QuietValidationErrors, answers_errors
+from service.guard import RequestGuard, RouteRule
+from service.schemas import (
+    MAX_BATCH_IMAGES,
+    CaptionBatchResponse,
+    CaptionResponse,
+    DecodingOptions,
+    ModelName,
+    Sentences,
+    TranslateResponse,
+)
+from service.settings import Settings
+
+SETTINGS = Settings.from_env()
+DEFAULT_OPTIONS = DecodingOptions()  # frozen, so one instance can be every call's default
+Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
+
+
+@bentoml.service(
+    name="seqserve",
+    workers=1,  # one process holds both models; scale out with replicas
+    threads=SETTINGS.api_threads,
+    traffic={"timeout": SETTINGS.request_timeout_s + 5},  # ours answers first, in our shape
+    resources={"gpu": SETTINGS.gpus} if SETTINGS.gpus else {},
+)
+class SeqServe:
+    """Image captioning and translation with recurrent sequence models."""
+
+    # declared for `bentoml build`, which packs them into the bento; loaded by the Runtime
+    captioner_model = bentoml.models.BentoModel(f"{SETTINGS.captioner}:latest")
+    translator_model = bentoml.models.BentoModel(f"{SETTINGS.translator_names[0]}:latest")
+
+    def __init__(self) -> None:
+        # imported here: torch (3 s, 500 MB) loads in the serving worker, not the parent process
+        from service.endpoints import Endpoints
+        from service.runtime import Runtime
+
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietValidationErrors())
+        self.runtime = Runtime(SETTINGS)
+        self.endpoints = Endpoints(self.runtime)
+        self.runtime.start()  # loads in the background: /livez answers, /readyz waits
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    def __is_alive__(self) -> bool:
+        return self.runtime.batcher.alive
+
+    @bentoml.api(route="/caption")
+    @answers_errors
+    def caption(self, image: Path, options: DecodingOptions = DEFAULT_OPTIONS) -> CaptionResponse:
+        """Caption one image: a multipart file upload (JPEG, PNG, WebP, GIF first frame, BMP)."""
+        started = time.perf_counter()
+        (found,), tag = self.endpoints.caption_files([image], ["image"], options)
+        return CaptionResponse(**dict(found), model=tag, time_ms=_ms_since(started))
+
+    @bentoml.api(route="/caption_batch")
+    @answers_errors
+    def caption_batch(
+        self, images: Images, options: DecodingOptions = DEFAULT_OPTIONS
+    ) -> CaptionBatchResponse:
+        """Caption up to 8 images uploaded as repeated `images` file parts, in order."""
+        started = time.perf_counter()
+        fields = [f"images[{i}]" for i in range(len(images))]
+        found, tag = self.endpoints.caption_files(images, fields, options)
+        return CaptionBatchResponse(captions=found, model=tag, time_ms=_ms_since(started))
+
+    @bentoml.api(route="/translate")
+    @answers_errors
+    def translate(
+        self,
+        sentences: Sentences,
+        options: DecodingOptions = DEFAULT_OPTIONS,
+        model: ModelName | None = None,
+    ) -> TranslateResponse:
+        """Translate up to 32 sentences, in order; `model` picks a translator by name or tag."""
+        started = time.perf_counter()
+        found, tag = self.endpoints.translate_sentences(sentences, options, model)
+        return TranslateResponse(translations=found, model=tag, time_ms=_ms_since(started))
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def _model_info(_: Request) -> JSONResponse:
+    """GET /models: loaded models, versions, vocabulary sizes, scores, device and readiness."""
+    return JSONResponse(bentoml.get_current_service().runtime.info())
+
+
+def _route_rules() -> dict[str, RouteRule]:
+    limits = {
+        "caption": SETTINGS.caption_body_bytes,
+        "caption_batch": SETTINGS.caption_batch_body_bytes,
+        "translate": SETTINGS.translate_body_bytes,
+    }
+    rules = {}
+    for name, api in SeqServe.apis.items():
+        spec = api.input_spec
+        files = frozenset(spec.multipart_fields)
+        media = "multipart/form-data" if files else "application/json"
+        rules[api.route] = RouteRule(
+            frozenset({media}), limits[name], files, spec.model_json_schema()
+        )
+    return rules
+
+
+SeqServe.add_asgi_middleware(
+    RequestGuard, routes=_route_rules(), max_in_flight=SETTINGS.max_in_flight
+)
+SeqServe.mount_asgi_app(Starlette(routes=[Route("/models", _model_info)]), path="/")

@@ -1,0 +1,402 @@
+"""Fast in-process tests of the service helpers: image decoding, schemas, errors, batching, loading."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from service.batching import Batcher
+from service.endpoints import search_options
+from service.envelope import allowed_values, field_name, rewrite_error
+from service.errors import RequestError
+from service.images import ImageLimits, decode_image, limit_aspect_ratio, sniff_format
+from service.schemas import DecodingOptions
+from service.settings import Settings
+
+LIMITS = ImageLimits(max_pixels=1_000_000, max_aspect_ratio=4.0)
+
+
+def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def refusal(data: bytes) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        decode_image(data, LIMITS)
+    return caught.value
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "params"),
+    [
+        ("JPEG", "RGB", {}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "LA", {}),
+        ("PNG", "I;16", {}),
+        ("PNG", "1", {}),
+        ("PNG", "P", {"transparency": 0}),
+        ("WEBP", "RGB", {}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+    ],
+)
+def test_allowed_formats_and_modes_decode(fmt: str, mode: str, params: dict) -> None:
+    image = Image.new(mode, (40, 30))
+    decoded = decode_image(encoded(image, fmt, **params), LIMITS)
+    assert decoded.size == (40, 30)
+
+
+def test_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), color) for color in ("red", "green", "blue")]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(data, LIMITS).convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "invalid_image"),
+        (b"this is a text file named photo.jpg\n", "invalid_image"),
+        (b"II*\x00" + b"\x00" * 100, "invalid_image"),  # TIFF
+        (b"8BPS" + b"\x00" * 100, "invalid_image"),  # PSD
+        (b"SIMPLE  =                    T" + b" " * 50, "invalid_image"),  # FITS
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "invalid_image"),  # a JPEG start, then nothing
+    ],
+)
+def test_non_images_are_refused(data: bytes, code: str) -> None:
+    assert refusal(data).code == code
+
+
+def test_truncated_files_are_refused() -> None:
+    photo = Image.effect_noise((64, 64), 40).convert("RGB")
+    for fmt in ("JPEG", "PNG"):
+        data = encoded(photo, fmt)
+        error = refusal(data[: len(data) // 2])
+        assert error.code == "invalid_image" and error.field == "image"
+
+
+def test_pixel_bombs_are_refused_from_the_header(pixel_bomb: bytes) -> None:
+    started = time.perf_counter()
+    error = refusal(pixel_bomb)
+    assert error.code == "image_too_large" and "at most 1,000,000 pixels" in error.message
+    assert time.perf_counter() - started < 0.5  # nothing was decoded
+    image = Image.new("L", (1001, 1000))
+    assert "1001x1000 = 1,001,000 pixels" in refusal(encoded(image, "PNG")).message
+
+
+def test_sniffing_ignores_the_declared_type_and_needs_riff_for_webp() -> None:
+    assert sniff_format(b"RIFF\0\0\0\0WEBPVP8 ")[0] == "WebP"
+    assert sniff_format(b"XXXX\0\0\0\0WEBPVP8 ") is None
+
+
+@pytest.mark.parametrize("size", [(1, 10000), (10000, 1), (600, 100), (1, 1)])
+def test_extreme_aspect_ratios_are_bounded(size: tuple[int, int]) -> None:
+    image = limit_aspect_ratio(Image.new("L", size), 4.0)
+    width, height = image.size
+    assert max(width, height) <= 4 * min(width, height) + 1
+
+
+def test_aspect_crop_keeps_what_the_encoder_sees() -> None:
+    from models.images import image_to_tensor
+
+    image = Image.effect_noise((600, 100), 60).convert("RGB")
+    full, cropped = image_to_tensor(image, 56), image_to_tensor(limit_aspect_ratio(image, 4.0), 56)
+    assert (full - cropped).abs().mean() < 0.02
+
+
+# -- schemas, options and the error shape ----------------------------------------------------
+
+
+def test_greedy_requests_share_options_whatever_their_unused_fields() -> None:
+    a = search_options(DecodingOptions(beam_size=3, temperature=0.5))
+    assert a == search_options(DecodingOptions())
+    assert search_options(DecodingOptions(decoding="beam", beam_size=3)).beam_size == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"decoding": "greedy", "n_best": 2}, "options.n_best"),
+        ({"decoding": "beam", "beam_size": 2, "n_best": 3}, "options.n_best"),
+        ({"min_length": 10, "max_length": 5}, "options.min_length"),
+    ],
+)
+def test_inconsistent_options_name_their_field(options: dict, field: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        DecodingOptions(**options).check_consistent()
+    assert caught.value.field == field and caught.value.status == 400
+
+
+def test_out_of_range_options_fail_validation() -> None:
+    for bad in ({"beam_size": 0}, {"temperature": float("nan")}, {"seed": -1}, {"beam_width": 3}):
+        with pytest.raises(ValidationError):
+            DecodingOptions(**bad)
+
+
+def test_pydantic_errors_become_one_shape_with_allowed_range() -> None:
+    schema = {
+        "properties": {
+            "options": {"$ref": "#/$defs/O"},
+            "sentences": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 9, "minLength": 1},
+            },
+        },
+        "$defs": {"O": {"properties": {"beam_size": {"minimum": 1, "maximum": 10}}}},
+    }
+    raw = json.dumps(
+        {
+            "error": "1 validation error",
+            "detail": [{"loc": ["options", "beam_size"], "msg": "too big"}],
+        }
+    )
+    body = rewrite_error(400, raw.encode(), schema)
+    assert body["error"] == {
+        "code": "invalid_argument",
+        "message": "options.beam_size: too big (allowed: 1 to 10)",
+        "field": "options.beam_size",
+    }
+    assert allowed_values(schema, ["sentences", 2]) == "1 to 9 characters"
+    assert field_name(["sentences", 3]) == "sentences[3]"
+
+
+def test_bentoml_arrays_and_plain_text_become_one_shape() -> None:
+    assert (
+        rewrite_error(415, b'[{"error": "pickle"}]', {})["error"]["code"]
+        == "unsupported_media_type"
+    )
+    server_error = rewrite_error(500, b"Traceback (most recent call last): /work/x.py", {})
+    assert (
+        "Traceback" not in json.dumps(server_error) and server_error["error"]["code"] == "internal"
+    )
+    ours = {"error": {"code": "x", "message": "y", "field": None}}
+    assert rewrite_error(400, json.dumps(ours).encode(), {}) == ours
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env({"SEQSERVE_MAX_BATCH_IMAGES": "4", "SEQSERVE_TRANSLATORS": "a, b"})
+    assert settings.max_batch_images == 4 and settings.translator_names == ["a", "b"]
+    with pytest.raises(ValueError, match="SEQSERVE_GPUS"):
+        Settings.from_env({"SEQSERVE_GPUS": "many"})
+
+
+# -- the batch queue -------------------------------------------------------------------------
+
+
+def test_batcher_merges_queued_jobs_per_family_and_survives_errors() -> None:
+    seen: list[tuple[str, list[int]]] = []
+    gate = threading.Event()
+
+    def run(family, payloads):
+        gate.wait(5)
+        seen.append((family, list(payloads)))
+        if family == "bad":
+            raise ValueError("broken batch")
+        return [p * 10 for p in payloads]
+
+    batcher = Batcher(run, lambda family: 3, max_wait_s=0.0, max_queue_rows=100)
+    batcher.start()
+    try:
+        first = batcher.submit("a", 0)
+        time.sleep(0.05)  # the worker now holds job 0 and waits at the gate
+        futures = [
+            batcher.submit(f, p)
+            for f, p in [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5), ("bad", 6)]
+        ]
+        gate.set()
+        assert [f.result(5) for f in [first, *futures[:5]]] == [0, 10, 20, 30, 40, 50]
+        with pytest.raises(ValueError, match="broken"):
+            futures[5].result(5)
+        assert batcher.submit("a", 7).result(5) == 70  # the worker lives on
+    finally:
+        batcher.stop()
+    assert seen[:4] == [("a", [0]), ("a", [1, 3, 4]), ("b", [2]), ("a", [5])]
+
+
+def test_batcher_refuses_when_the_queue_is_full() -> None:
+    batcher = Batcher(lambda f, p: p, lambda f: 1, 0.0, max_queue_rows=2)  # never started
+    batcher.submit("a", 1, rows=2)
+    with pytest.raises(RequestError) as caught:
+        batcher.submit("a", 2)
+    assert caught.value.status == 503
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_window() -> None:
+    batcher = Batcher(lambda f, p: p, lambda f: 64, max_wait_s=2.0, max_queue_rows=10)
+    batcher.start()
+    try:
+        started = time.perf_counter()
+        assert batcher.submit("a", 1).result(5) == 1
+        assert time.perf_counter() - started < 0.5
+    finally:
+        batcher.stop()
+
+
+# -- loading: checksums and golden outputs keep a broken artifact from serving ----------------
+
+
+def copy_into_store(name: str, source_tag: str, edit) -> None:
+    """Copy a stored model under a new name, letting `edit(directory)` break it."""
+    import shutil
+
+    import bentoml
+
+    source = Path(bentoml.models.get(source_tag).path)
+    with bentoml.models.create(name) as stored:
+        for path in source.iterdir():
+            if path.is_file() and not path.name.startswith(("model.yaml", "custom_objects")):
+                shutil.copy(path, Path(stored.path) / path.name)
+        edit(Path(stored.path))
+
+
+def loaded_runtime(**settings: str):
+    from service.runtime import Runtime
+
+    runtime = Runtime(Settings(torch_threads=1, **settings))  # keep the tests' one thread
+    runtime.start()
+    deadline = time.monotonic() + 60
+    while runtime.state == "loading" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime.batcher.stop()
+    return runtime
+
+
+def test_tiny_models_load_and_pass_their_golden_check(stored_models) -> None:
+    runtime = loaded_runtime()
+    assert runtime.state == "ready", runtime.problem
+    assert [m["tag"] for m in runtime.info()["models"]] == [
+        stored_models.captioner,
+        stored_models.translator,
+    ]
+
+
+def test_tampered_weights_keep_the_service_not_ready(stored_models, caplog) -> None:
+    def flip_a_byte(directory: Path) -> None:
+        weights = bytearray((directory / "model.safetensors").read_bytes())
+        weights[-1] ^= 0xFF
+        (directory / "model.safetensors").write_bytes(bytes(weights))
+
+    copy_into_store("tampered-captioner", stored_models.captioner, flip_a_byte)
+    with caplog.at_level(logging.ERROR, logger="bentoml.seqserve"):
+        runtime = loaded_runtime(captioner="tampered-captioner")
+    assert runtime.state == "failed" and not runtime.ready
+    assert "ChecksumError" in runtime.problem and "/" not in runtime.problem  # no paths leak
+    assert "NOT READY" in caplog.text and "sha256" in caplog.text
+
+
+def test_a_wrong_golden_output_keeps_the_service_not_ready(stored_models, caplog) -> None:
+    from models.checkpoint import write_checksums
+
+    def change_golden(directory: Path) -> None:
+        golden = json.loads((directory / "golden.json").read_text())
+        golden["output"] = "not what the model says"
+        (directory / "golden.json").write_text(json.dumps(golden))
+        write_checksums(directory)  # checksums pass: only the golden check can catch it
+
+    copy_into_store("wrong-golden", stored_models.translator, change_golden)
+    with caplog.at_level(logging.ERROR, logger="bentoml.seqserve"):
+        runtime = loaded_runtime(translators="wrong-golden")
+    assert runtime.state == "failed" and "golden check failed" in caplog.text
+
+
+def test_a_missing_model_names_what_to_do(stored_models, caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="bentoml.seqserve"):
+        runtime = loaded_runtime(translators="no-such-model")
+    assert runtime.state == "failed" and "make import-models" in caplog.text
+
+
+def test_attention_grids_follow_the_feature_map() -> None:
+    from service.results import grid_rows
+
+    grid = grid_rows(torch.full((2, 49), 1 / 49))
+    assert len(grid) == 2 and len(grid[0]) == 7 and len(grid[0][0]) == 7
+    assert [len(row) for row in grid_rows(torch.ones(3, 16))[0]] == [4] * 4  # 128 px: 4x4
+    assert [len(row) for row in grid_rows(torch.ones(1, 10))[0]] == [10]
+
+
+def test_requests_before_ready_answer_503_not_ready() -> None:
+    from service.runtime import Runtime
+
+    runtime = Runtime(Settings(torch_threads=1))  # never started: still loading
+    with pytest.raises(RequestError) as caught:
+        runtime.captioner()
+    assert (caught.value.status, caught.value.code) == (503, "not_ready")
+
+
+def test_autocast_that_changes_the_golden_output_falls_back_to_fp32(
+    stored_models, monkeypatch, caplog
+) -> None:
+    """On CUDA the models start in bf16 autocast; CPU bf16 autocast exercises the same guard."""
+    from service import runtime as runtime_module
+
+    load = runtime_module.load_served_model
+
+    def load_with_autocast(*args, **kwargs):
+        served = load(*args, **kwargs)
+        served.autocast = True
+        return served
+
+    monkeypatch.setattr(runtime_module, "load_served_model", load_with_autocast)
+    with caplog.at_level(logging.WARNING, logger="bentoml.seqserve"):
+        runtime = loaded_runtime()
+    assert runtime.state == "ready"
+    for served in runtime.models.values():  # kept only where bf16 reproduced the golden output
+        assert served.autocast or "serving it in fp32" in caplog.text
+
+
+def test_guard_answers_429_over_the_in_flight_cap() -> None:
+    import asyncio
+
+    from service.guard import RequestGuard, RouteRule
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    rule = RouteRule(frozenset({"application/json"}), 1000, frozenset(), {})
+    guard = RequestGuard(slow_app, {"/translate": rule}, max_in_flight=1)
+
+    async def call() -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/translate",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        await guard(scope, receive, send)
+        return sent[0]["status"]
+
+    async def scenario() -> list[int]:
+        first = asyncio.create_task(call())
+        await asyncio.sleep(0.01)
+        second = await call()
+        release.set()
+        return [await first, second]
+
+    assert asyncio.run(scenario()) == [200, 429]
