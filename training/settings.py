@@ -1,0 +1,121 @@
+"""Training settings: frozen dataclasses filled from defaults, then a YAML preset, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS = ("tiny", "fast", "default")
+S = TypeVar("S", bound="LoopSettings")
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field that carries its command-line help."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the shared training loop needs, whatever the model."""
+
+    name: str = setting("", "run name: outputs go to <output-dir>/<name> (empty: <kind>_<preset>)")
+    output_dir: str = setting("runs", "folder that holds one sub-folder per run")
+    epochs: int = setting(20, "maximum number of passes over the training data")
+    max_steps: int = setting(0, "stop after this many optimizer steps in total (0: no limit)")
+    time_limit_min: float = setting(0.0, "stop after this many minutes of training (0: no limit)")
+    batch_size: int = setting(64, "examples per optimizer step, over all processes")
+    lr: float = setting(1e-3, "peak learning rate of Adam")
+    weight_decay: float = setting(0.0, "Adam's L2 weight decay")
+    warmup_steps: int = setting(100, "steps of linear learning-rate warm-up from 0")
+    schedule: str = setting(
+        "plateau", "after warm-up: plateau (halve on no progress), cosine, constant"
+    )
+    plateau_factor: float = setting(0.5, "learning-rate factor when the validation metric stalls")
+    min_lr_ratio: float = setting(0.02, "the learning rate never falls below lr times this")
+    clip_norm: float = setting(1.0, "clip gradients to this global L2 norm (0: only measure it)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    patience: int = setting(4, "stop after this many epochs without a better validation metric")
+    select_metric: str = setting(
+        "loss", "validation metric for early stopping and best/: loss, bleu or cider"
+    )
+    metric_subset: int = setting(500, "validation examples decoded greedily for bleu / cider")
+    seed: int = setting(1, "random seed of initialisation, shuffling and dropout")
+    log_every: int = setting(50, "write a metrics line every this many steps")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    threads: int = setting(0, "torch CPU threads per process (0: torch's choice)")
+    resume: bool = setting(False, "continue from <run>/checkpoint.pt when it exists")
+    progress: bool = setting(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if self.select_metric not in ("loss", "bleu", "cider"):
+            raise ValueError(
+                f"select_metric must be loss, bleu or cider, got {self.select_metric!r}"
+            )
+        if self.schedule not in ("plateau", "cosine", "constant"):
+            raise ValueError(f"schedule must be plateau, cosine or constant, got {self.schedule!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, settings_class: type[LoopSettings]) -> None:
+    """One kebab-case flag per settings field; unset flags keep the preset's (or default) value."""
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help=f"a preset name ({', '.join(PRESETS)}) or a YAML file (default: default)",
+    )
+    hints = typing.get_type_hints(settings_class)
+    for f in dataclasses.fields(settings_class):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = (
+            f"{f.metadata.get('help', '')} (default: {f.default!r}, unless the preset sets it)"
+        )
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=_scalar_type(kind), default=None, help=help_text)
+
+
+def _scalar_type(kind: Any) -> type:
+    if isinstance(kind, types.UnionType):  # `int | None` style
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    return kind if kind in (int, float, str) else str
+
+
+def preset_path(preset: str, kind: str) -> Path:
+    """`training/configs/<kind>_<preset>.yaml` for a preset name, else the path itself."""
+    if preset in PRESETS:
+        return CONFIG_DIR / f"{kind}_{preset}.yaml"
+    return Path(preset)
+
+
+def resolve_settings(settings_class: type[S], kind: str, args: argparse.Namespace) -> S:
+    """Defaults, overridden by the preset file, overridden by flags given on the command line."""
+    path = preset_path(args.preset, kind)
+    if not path.is_file():
+        raise FileNotFoundError(f"no preset {args.preset!r}: {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}; see --help")
+    values.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+    if not values.get("name"):
+        values["name"] = f"{kind}_{path.stem.removeprefix(kind + '_')}"
+    return settings_class(**values)
