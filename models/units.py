@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from models.language_model import CharLanguageModel
 from models.vocabulary import Vocabulary
@@ -68,22 +70,68 @@ def unit_names(model: CharLanguageModel) -> list[str]:
 
 @torch.inference_mode()
 def record_units(model: CharLanguageModel, vocabulary: Vocabulary, text: str) -> UnitRecording:
-    """Step the model through `text` one character at a time, keeping h (and c) of every layer.
-
-    Stepping is what exposes c and the lower layers: nn.LSTM only returns the top layer's h per step.
-    """
-    ids = vocabulary.encode(text)
+    """Run the model (in eval mode) over `text`, keeping h (and c) of every layer at every character."""
     characters = vocabulary.tokenizer.tokenize(text)
+    if not characters:
+        return UnitRecording(
+            [], np.zeros((0, len(unit_names(model))), np.float32), unit_names(model)
+        )
     device = next(model.parameters()).device
-    decoder = model.decoder
-    recurrent = model.init_state(1).recurrent
-    tokens = torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1, 1)  # (T, 1, 1)
-    rows = []
-    for token in tokens:
-        _, recurrent = decoder.rnn(decoder.embedding(token), recurrent)  # (1, 1, E) in
-        rows.append(torch.cat([v.reshape(-1) for v in recurrent.values()]))  # (S*L*H,)
-    activations = torch.stack(rows).float().cpu().numpy() if rows else np.zeros((0, 0))
-    return UnitRecording(characters, activations.astype(np.float32), unit_names(model))
+    ids = torch.tensor([vocabulary.encode(text)], dtype=torch.long, device=device)  # (1, T)
+    states = _layer_by_layer(model, ids)
+    activations = torch.cat(states, dim=1).float().cpu().numpy()  # (T, S*L*H)
+    return UnitRecording(characters, activations, unit_names(model))
+
+
+def _layer_by_layer(model: CharLanguageModel, ids: Tensor) -> list[Tensor]:
+    """[h of layer 0, h of layer 1, ..., c of layer 0, ...], each (T, H), for ids (1, T).
+
+    A stacked nn.LSTM returns h at every step only for its top layer, and c only at the end. Running
+    one layer at a time gives every layer's h; c then follows from that layer's gates.
+    """
+    core = model.decoder.rnn
+    initial = {k: v[0] for k, v in core.initial_state(1).items()}  # (L, H) each
+    x = model.decoder.embedding(ids)  # (1, T, E)
+    hs, cs = [], []
+    for layer in range(core.config.num_layers):
+        single = _single_layer(core.rnn, layer).to(x.device)
+        h0 = initial["h"][layer].view(1, 1, -1)  # (1, 1, H)
+        hx = (h0, initial["c"][layer].view(1, 1, -1)) if core.is_lstm else h0
+        out, _ = single(x, hx)  # (1, T, H)
+        hs.append(out[0])
+        if core.is_lstm:
+            cs.append(_cell_states(single, x[0], out[0], initial["h"][layer], initial["c"][layer]))
+        x = out
+    return hs + cs
+
+
+def _single_layer(stack: nn.RNNBase, layer: int) -> nn.RNNBase:
+    """Layer `layer` of a stacked nn.LSTM / nn.GRU / nn.RNN as a one-layer module of the same kind."""
+    extra = {"nonlinearity": stack.nonlinearity} if isinstance(stack, nn.RNN) else {}
+    size = stack.input_size if layer == 0 else stack.hidden_size
+    single = type(stack)(size, stack.hidden_size, bias=stack.bias, batch_first=True, **extra)
+    suffix = f"_l{layer}"
+    weights = {
+        n[: -len(suffix)] + "_l0": p for n, p in stack.named_parameters() if n.endswith(suffix)
+    }
+    single.load_state_dict(weights)
+    return single
+
+
+def _cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, h0: Tensor, c0: Tensor) -> Tensor:
+    """c at every step (T, H) of a one-layer LSTM from its inputs x (T, I) and outputs h (T, H)."""
+    previous = torch.cat([h0.unsqueeze(0), h[:-1]])  # (T, H): the h each step starts from
+    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(
+        previous, lstm.weight_hh_l0, lstm.bias_hh_l0
+    )  # (T, 4H), PyTorch's order: input, forget, cell, output
+    i, f, g, _ = gates.chunk(4, dim=1)
+    update = torch.sigmoid(i) * torch.tanh(g)  # (T, H)
+    forget = torch.sigmoid(f)
+    c, cells = c0, []
+    for t in range(x.size(0)):  # c_t = f_t * c_{t-1} + i_t * g_t
+        c = forget[t] * c + update[t]
+        cells.append(c)
+    return torch.stack(cells)  # (T, H)
 
 
 def in_quotes(characters: Sequence[str]) -> np.ndarray:
