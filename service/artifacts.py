@@ -29,7 +29,7 @@ class ServedModel:
 
     name: str  # store name, e.g. "captioner"
     tag: str  # "captioner:<version>"
-    kind: str  # "captioner" | "translator"
+    kind: str  # "captioner" | "translator" | "char_lm"
     model: nn.Module
     target: Vocabulary
     source: Vocabulary | None
@@ -40,7 +40,7 @@ class ServedModel:
 
     @property
     def attention(self) -> str:
-        return str(self.model.config.decoder.attention)
+        return str(_decoder_config(self.model.config).attention)
 
     def info(self) -> dict[str, Any]:
         """What GET /models reports about this model."""
@@ -50,7 +50,7 @@ class ServedModel:
             "tag": self.tag,
             "kind": self.kind,
             "attention": self.attention,
-            "cell": config.decoder.cell,
+            "cell": _decoder_config(config).cell,
             "vocab_size": {
                 "target": len(self.target),
                 **({"source": len(self.source)} if self.source is not None else {}),
@@ -96,6 +96,11 @@ def load_served_model(name: str, kind: str, device: torch.device) -> ServedModel
         scores=_scores(metadata) or _scores(loaded.metadata),
         autocast=device.type == "cuda",
     )
+
+
+def _decoder_config(config: Any) -> Any:
+    """The decoder's config: captioners and translators hold one, a char LM derives it."""
+    return config.decoder if hasattr(config, "decoder") else config.decoder_config()
 
 
 def _scores(metadata: dict[str, Any]) -> dict[str, Any]:

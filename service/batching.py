@@ -20,12 +20,17 @@ logger = logging.getLogger("bentoml.seqserve")
 BatchRunner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 
 
+class BatchAbandoned(Exception):
+    """Every request waiting on the running batch gave up: its runner may stop computing it."""
+
+
 @dataclass
 class _Job:
     family: Hashable
     payload: Any
     rows: int
     future: Future = field(default_factory=Future)
+    given_up: bool = False  # its request stopped waiting (timed out)
 
 
 class Batcher:
@@ -48,6 +53,8 @@ class Batcher:
         self._max_wait_s, self._max_queue_rows = max_wait_s, max_queue_rows
         self._pending: deque[_Job] = deque()
         self._arriving = 0
+        self._running: list[_Job] = []
+        self._running_waited = 0  # running jobs whose request still waits
         self._stopping = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="seqserve-batcher", daemon=True)
@@ -77,6 +84,29 @@ class Batcher:
                 self._arriving -= 1
                 self._changed.notify_all()
 
+    @property
+    def abandoned(self) -> bool:
+        """True while a batch runs that no request waits for any more: the runner may stop it."""
+        return bool(self._running) and self._running_waited == 0
+
+    def raise_if_abandoned(self) -> None:
+        """For the runner, between steps of a batch: BatchAbandoned when nobody waits for it."""
+        if self.abandoned:
+            raise BatchAbandoned
+
+    def give_up(self, futures: Sequence[Future]) -> None:
+        """The request waiting on `futures` stopped waiting: its queued jobs are dropped, and a
+        running batch whose requests all gave up turns `abandoned`."""
+        wanted = set(futures)
+        with self._changed:
+            for job in self._pending:
+                if job.future in wanted:
+                    job.future.cancel()
+            for job in self._running:
+                if job.future in wanted and not job.given_up:
+                    job.given_up = True
+                    self._running_waited -= 1
+
     def submit(self, family: Hashable, payload: Any, rows: int = 1) -> Future:
         """Queue one job; its future gets the runner's result for `payload` (or its error)."""
         job = _Job(family, payload, rows)
@@ -93,14 +123,19 @@ class Batcher:
             family, jobs = batch
             if not jobs:
                 continue
+            with self._changed:
+                self._running, self._running_waited = jobs, len(jobs)
             try:
                 results = self._run(family, [job.payload for job in jobs])
             except BaseException as error:  # handed to the waiting requests; the worker lives on
                 for job in jobs:
                     job.future.set_exception(error)
-                continue
-            for job, result in zip(jobs, results, strict=True):
-                job.future.set_result(result)
+            else:
+                for job, result in zip(jobs, results, strict=True):
+                    job.future.set_result(result)
+            finally:
+                with self._changed:
+                    self._running, self._running_waited = [], 0
 
     def _next_batch(self) -> tuple[Hashable, list[_Job]] | None:
         with self._changed:

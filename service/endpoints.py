@@ -59,7 +59,7 @@ class Endpoints:
                 for file, field in zip(files, fields, strict=True)
             ]
             futures = runtime.submit_captions(images, search, served)
-        found = [runtime.result(future) for future in futures]
+        found = runtime.results(futures)
         captions = [results.caption(h, served.target, options.return_attention) for h in found]
         return captions, served.tag
 

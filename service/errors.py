@@ -43,6 +43,16 @@ def overloaded(reason: str) -> RequestError:
     return RequestError(reason, code="overloaded", status=503, headers={"Retry-After": "1"})
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the CPU allocator's failure,
+    which torch raises as a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and (
+        type(error).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(error)
+    )
+
+
 def error_body(
     code: str, message: str, field: str | None = None, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -64,7 +74,8 @@ def error_response(
 
 
 def answers_errors(api: Callable[P, R]) -> Callable[P, R]:
-    """Turn RequestError (and MemoryError) raised by an API body into the JSON error shape.
+    """Turn RequestError (and running out of memory) raised by an API body into the JSON error
+    shape.
 
     Anything else is a bug: it is logged with its traceback and answered as a bare 500 without
     details, so no stack trace or file path reaches the client.
@@ -76,10 +87,10 @@ def answers_errors(api: Callable[P, R]) -> Callable[P, R]:
             return api(*args, **kwargs)
         except RequestError as error:
             return error.response()  # type: ignore[return-value]
-        except MemoryError:
-            logger.exception("out of memory while answering %s", api.__name__)
-            return overloaded("out of memory; retry later").response()  # type: ignore[return-value]
-        except Exception:
+        except Exception as error:
+            if is_out_of_memory(error):
+                logger.warning("out of memory while answering %s: %s", api.__name__, error)
+                return overloaded("out of memory; retry later").response()  # type: ignore[return-value]
             logger.exception("unexpected error while answering %s", api.__name__)
             return error_response(500, "internal", "unexpected error; see the server log")  # type: ignore[return-value]
 

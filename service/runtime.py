@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import Future
@@ -20,9 +21,10 @@ from torch import Tensor
 
 from models.inference import caption_features, source_ids, translate_ids
 from models.search import Hypothesis, SearchOptions
+from service import language
 from service.artifacts import ArtifactError, ServedModel, load_served_model
-from service.batching import Batcher
-from service.errors import RequestError, not_ready, overloaded
+from service.batching import BatchAbandoned, Batcher
+from service.errors import RequestError, is_out_of_memory, not_ready, overloaded
 from service.images import ImageLimits, decode_image
 from service.settings import Settings
 
@@ -43,6 +45,14 @@ def choose_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def default_torch_threads() -> int:
+    """Torch threads when TORCH_THREADS is 0: every core this process may use but one, which is
+    left to request handling (HTTP parsing, image decoding, responses); at least one.
+    On 2 cores, two OpenMP threads beside the request threads made batches up to 10x slower
+    (bench/README.md)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 @dataclass(frozen=True)
 class _TranslateJob:
     sources: list[list[int]]
@@ -61,7 +71,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = choose_device(settings.device)
-        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(settings.torch_threads or default_torch_threads())
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
         self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
         self.models: dict[str, ServedModel] = {}
@@ -72,6 +82,8 @@ class Runtime:
             lambda family: (
                 settings.max_batch_images
                 if family[0] == "caption"
+                else 1
+                if family[0] in language.TASKS  # one text per search
                 else settings.max_batch_sentences
             ),
             settings.batch_wait_ms / 1000,
@@ -90,9 +102,11 @@ class Runtime:
     def _load_all(self) -> None:
         wanted = [(self.settings.captioner, "captioner")]
         wanted += [(name, "translator") for name in self.settings.translator_names]
+        wanted += language.wanted(self.settings)  # optional: only when it is in the store
         for name, kind in wanted:
             try:
                 served = load_served_model(name, kind, self.device)
+                self._stop_when_abandoned(served)
                 self.models[name] = served
                 self._check_golden(served)
             except Exception as error:  # ChecksumError, ArtifactError, a broken file...
@@ -105,6 +119,12 @@ class Runtime:
         self.state = "ready"
         logger.info("all models ready: %s", ", ".join(m.tag for m in self.models.values()))
 
+    def _stop_when_abandoned(self, served: ServedModel) -> None:
+        """Every decoding step calls the decoder's parts: check there whether anybody still
+        waits for the batch, so that a timed-out batch frees the model at once."""
+        for part in served.model.decoder.children():
+            part.register_forward_pre_hook(lambda *_: self.batcher.raise_if_abandoned())
+
     def _check_golden(self, served: ServedModel) -> None:
         """Decode the golden input through the serving path; its text must match exactly."""
         golden = served.golden
@@ -113,6 +133,8 @@ class Runtime:
             if served.kind == "captioner":
                 data = (served.path / golden["input"]).read_bytes()
                 hypotheses = self.caption([self.image_tensor(data, "golden")], options, served)
+            elif served.kind == language.KIND:
+                hypotheses = [language.hypotheses(self, served, golden["input"], options)]
             else:
                 hypotheses = self.translate(served, [golden["input"]], options)
             output = served.target.decode(hypotheses[0][0].tokens)
@@ -133,6 +155,10 @@ class Runtime:
     def captioner(self) -> ServedModel:
         self._require_ready()
         return self.models[self.settings.captioner]
+
+    def language_model(self) -> ServedModel:
+        self._require_ready()
+        return language.served_language_model(self.models, self.settings)
 
     def translator(self, name: str | None) -> ServedModel:
         """The translator called `name` (a store name or full tag), or the default one."""
@@ -182,7 +208,7 @@ class Runtime:
         self, images: Sequence[Tensor], options: SearchOptions, served: ServedModel
     ) -> list[list[Hypothesis]]:
         """Preprocessed images -> hypotheses per image, batched with concurrent requests."""
-        return [self.result(future) for future in self.submit_captions(images, options, served)]
+        return self.results(self.submit_captions(images, options, served))
 
     def source_tokens(self, served: ServedModel, sentences: Sequence[str]) -> list[list[int]]:
         """Sentences -> source ids; a sentence over the token limit is refused by index."""
@@ -204,15 +230,16 @@ class Runtime:
         """Sentences -> hypotheses per sentence, batched with concurrent requests."""
         sources = self.source_tokens(served, sentences)
         job = _TranslateJob(sources, options)
-        return self.result(self.batcher.submit(("translate", served.name), job, rows=len(sources)))
+        return self.results([self.batcher.submit(("translate", served.name), job, len(sources))])[0]
 
-    def result(self, future: Future) -> Any:
-        """A submitted job's result, or 504 after the request time limit (the job is dropped
-        if it has not started; a running batch cannot be interrupted)."""
+    def results(self, futures: Sequence[Future]) -> list[Any]:
+        """The submitted jobs' results, or 504 once the request time limit passed; the request's
+        queued jobs are then dropped, and a running batch nobody else waits for is stopped."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            return future.result(timeout=self.settings.request_timeout_s)
+            return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
         except FutureTimeout:
-            future.cancel()
+            self.batcher.give_up(futures)
             raise RequestError(
                 f"no answer within {self.settings.request_timeout_s:g} s; retry later",
                 code="timeout",
@@ -229,12 +256,24 @@ class Runtime:
             with torch.inference_mode(), self._precision(served):
                 if kind == "caption":
                     return self._caption_batch(served, jobs)
+                if kind in language.TASKS:
+                    return language.run_batch(served, kind, jobs)
                 return self._translate_batch(served, jobs)
-        except torch.OutOfMemoryError:
+        except BatchAbandoned:
+            logger.warning(
+                "stopped a batch of %d %s requests: all of them timed out", len(jobs), kind
+            )
+            failure = RequestError("the request timed out", code="timeout", status=504)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
             logger.warning("out of memory on a batch of %d %s requests", len(jobs), kind)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise overloaded("out of memory; retry with fewer inputs") from None
+            failure = overloaded("out of memory; retry with fewer inputs")
+        # Outside the except blocks: the caught error's traceback, which holds the failed
+        # forward's frames and their tensors, is gone, so empty_cache can release that memory.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise failure
 
     def _precision(self, served: ServedModel) -> contextlib.AbstractContextManager:
         if served.autocast:

@@ -17,7 +17,8 @@ MAX_MODEL_NAME = 100
 class DecodingOptions(BaseModel):
     """How to decode; fields that the chosen method does not use are ignored."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    # strict: "3" or true for a number, 0 for a boolean are refused, as the published schema says
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
     decoding: Literal["greedy", "beam", "sample"] = "greedy"
     beam_size: int = Field(5, ge=1, le=10, description="beam width (beam)")
@@ -134,5 +135,53 @@ class Translation(BaseModel):
 
 class TranslateResponse(BaseModel):
     translations: list[Translation]
+    model: str
+    time_ms: float
+
+
+# -- the character language model (POST /generate, POST /inspect) ---------------------------
+# The same numbers as models.language_model / models.units (importing those would load torch in
+# BentoML's parent process); tests/test_service_lm.py checks that they agree.
+MAX_SEED_CHARS = 2000
+MAX_GENERATE_CHARS = 2000
+MAX_LM_BEAM_SIZE = 8
+MAX_INSPECT_CHARS = 4000
+MAX_UNITS = 32
+UNIT_PROPERTIES = ("in_quotes", "line_position", "bracket_depth", "in_word")
+
+SeedText = Annotated[str, Field(max_length=MAX_SEED_CHARS, strict=True)]
+GenerateLength = Annotated[int, Field(ge=1, le=MAX_GENERATE_CHARS, strict=True)]
+LMDecoding = Literal["greedy", "sample", "beam"]
+Temperature = Annotated[float, Field(ge=0.05, le=10.0, allow_inf_nan=False, strict=True)]
+TopK = Annotated[int, Field(ge=0, le=1000, strict=True)]
+SamplingSeed = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
+LMBeamSize = Annotated[int, Field(ge=1, le=MAX_LM_BEAM_SIZE, strict=True)]
+InspectText = Annotated[str, Field(min_length=1, max_length=MAX_INSPECT_CHARS, strict=True)]
+UnitName = Annotated[str, Field(min_length=1, max_length=32, strict=True)]
+UnitNames = Annotated[list[UnitName], Field(min_length=1, max_length=MAX_UNITS)]
+UnitProperty = Literal["in_quotes", "line_position", "bracket_depth", "in_word"]
+TopUnits = Annotated[int, Field(ge=1, le=MAX_UNITS, strict=True)]
+
+
+class GenerateResponse(BaseModel):
+    seed_text: str
+    text: str = Field(description="the continuation, without the seed")
+    log_prob: float = Field(description="log-probability of the continuation")
+    model: str
+    time_ms: float
+
+
+class UnitTrace(BaseModel):
+    unit: str = Field(description='"<h|c><layer>.<index>", e.g. "c0.376"')
+    activations: list[float] = Field(description="one per character, after reading it")
+    correlation: float = Field(
+        description="Pearson r with `property` over this text; 0.0 for units chosen by name"
+    )
+
+
+class InspectResponse(BaseModel):
+    characters: list[str]
+    property: str = Field(description='the property asked for; "" when units were named')
+    units: list[UnitTrace] = Field(description="in the order asked, or best |r| first")
     model: str
     time_ms: float

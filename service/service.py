@@ -18,19 +18,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.demo_app import demo_app
 from service.errors import QuietValidationErrors, answers_errors
 from service.guard import RequestGuard, RouteRule
+from service.openapi import OpenAPIDocument
+from service.overlay import overlay_app
 from service.schemas import (
     MAX_BATCH_IMAGES,
     CaptionBatchResponse,
     CaptionResponse,
     DecodingOptions,
+    GenerateLength,
+    GenerateResponse,
+    InspectResponse,
+    InspectText,
+    LMBeamSize,
+    LMDecoding,
     ModelName,
+    SamplingSeed,
+    SeedText,
     Sentences,
+    Temperature,
+    TopK,
+    TopUnits,
     TranslateResponse,
+    UnitNames,
+    UnitProperty,
 )
 from service.settings import Settings
+from service.supervisor import use_private_supervisor_sockets
 
+use_private_supervisor_sockets()  # before `bentoml serve` starts its supervisor
 SETTINGS = Settings.from_env()
 DEFAULT_OPTIONS = DecodingOptions()  # frozen, so one instance can be every call's default
 Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
@@ -53,11 +71,13 @@ class SeqServe:
     def __init__(self) -> None:
         # imported here: torch (3 s, 500 MB) loads in the serving worker, not the parent process
         from service.endpoints import Endpoints
+        from service.language import LanguageEndpoints
         from service.runtime import Runtime
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietValidationErrors())
         self.runtime = Runtime(SETTINGS)
         self.endpoints = Endpoints(self.runtime)
+        self.language = LanguageEndpoints(self.runtime)
         self.runtime.start()  # loads in the background: /livez answers, /readyz waits
 
     def __is_ready__(self) -> bool:
@@ -98,6 +118,47 @@ class SeqServe:
         found, tag = self.endpoints.translate_sentences(sentences, options, model)
         return TranslateResponse(translations=found, model=tag, time_ms=_ms_since(started))
 
+    @bentoml.api(route="/generate")
+    @answers_errors
+    def generate(
+        self,
+        text: SeedText = "",
+        length: GenerateLength = 200,
+        decoding: LMDecoding = "greedy",
+        temperature: Temperature = 1.0,
+        top_k: TopK = 0,
+        seed: SamplingSeed | None = None,
+        beam_size: LMBeamSize = 5,
+    ) -> GenerateResponse:
+        """Continue `text` (empty: a new text) by `length` characters with the char LM."""
+        started = time.perf_counter()
+        found, log_prob, tag = self.language.generate(
+            text, decoding, length, temperature, top_k, seed, beam_size
+        )
+        return GenerateResponse(
+            seed_text=text, text=found, log_prob=log_prob, model=tag, time_ms=_ms_since(started)
+        )
+
+    @bentoml.api(route="/inspect")
+    @answers_errors
+    def inspect(
+        self,
+        text: InspectText,
+        units: UnitNames | None = None,
+        property: UnitProperty | None = None,
+        top: TopUnits = 5,
+    ) -> InspectResponse:
+        """The char LM's units over `text`: the named `units`, or the `top` tracking `property`."""
+        started = time.perf_counter()
+        characters, traces, tag = self.language.inspect(text, units, property, top)
+        return InspectResponse(
+            characters=characters,
+            property=property or "",
+            units=traces,
+            model=tag,
+            time_ms=_ms_since(started),
+        )
+
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
@@ -113,6 +174,8 @@ def _route_rules() -> dict[str, RouteRule]:
         "caption": SETTINGS.caption_body_bytes,
         "caption_batch": SETTINGS.caption_batch_body_bytes,
         "translate": SETTINGS.translate_body_bytes,
+        "generate": SETTINGS.translate_body_bytes,  # small JSON bodies, like /translate
+        "inspect": SETTINGS.translate_body_bytes,
     }
     rules = {}
     for name, api in SeqServe.apis.items():
@@ -128,4 +191,9 @@ def _route_rules() -> dict[str, RouteRule]:
 SeqServe.add_asgi_middleware(
     RequestGuard, routes=_route_rules(), max_in_flight=SETTINGS.max_in_flight
 )
+SeqServe.add_asgi_middleware(
+    OpenAPIDocument, api_paths=[api.route for api in SeqServe.apis.values()]
+)
 SeqServe.mount_asgi_app(Starlette(routes=[Route("/models", _model_info)]), path="/")
+SeqServe.mount_asgi_app(overlay_app(SETTINGS), path="/")  # POST /caption_overlay
+SeqServe.mount_asgi_app(demo_app(), path="/demo")

@@ -14,8 +14,9 @@ class Settings:
 
     captioner: str = "captioner"  # store model names
     translators: str = "translator"  # comma-separated; the first is the default
+    language_model: str = "charlm"  # optional: served when in the store; "" turns it off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    torch_threads: int = 0  # 0: one per CPU this process may use
+    torch_threads: int = 0  # 0: one per CPU this process may use, less one for requests
     api_threads: int = 64  # BentoML threads: requests being decoded or waiting on a batch
     max_in_flight: int = 128  # API requests at once; more answer 429
     request_timeout_s: float = 60.0

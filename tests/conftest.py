@@ -47,6 +47,7 @@ TARGET_TEXT = [
     "wo ist der Bahnhof ?",
 ]
 CAPTIONS = ["cat face", "dog face", "slice of pizza", "a house under the sun", "white daisy"]
+LM_TEXT = 'The cat sat on the mat. (A dog ran) "in the park".\nWhere is the station?\n'
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -61,6 +62,7 @@ class StoredModels:
     translator: str
     golden: dict[str, dict]
     sentences: tuple[str, ...] = tuple(SOURCE_TEXT)  # in the translator's source vocabulary
+    language_model: str = ""  # the tiny char LM's tag, stored as "charlm"
 
 
 def _peaked(model) -> None:
@@ -126,10 +128,12 @@ def build_tiny_models(seed: int = 0) -> StoredModels:
         "output": target.decode(found.tokens),
     }
 
+    language_model, text, lm_golden = tiny_language_model()
     tags = {}
     for name, model, vocabularies, golden, extra in (
         ("captioner", captioner, {"target": words}, caption_golden, {"golden.png": golden_png}),
         ("translator", translator, {"source": source, "target": target}, translate_golden, {}),
+        ("charlm", language_model, {"text": text}, lm_golden, {}),
     ):
         files = {"golden.json": json.dumps(golden).encode(), **extra}
         with bentoml.models.create(name, metadata={"scores": {"random_weights": True}}) as stored:
@@ -138,8 +142,25 @@ def build_tiny_models(seed: int = 0) -> StoredModels:
     return StoredModels(
         tags["captioner"],
         tags["translator"],
-        {"captioner": caption_golden, "translator": translate_golden},
+        {"captioner": caption_golden, "translator": translate_golden, "charlm": lm_golden},
+        language_model=tags["charlm"],
     )
+
+
+def tiny_language_model() -> tuple[torch.nn.Module, object, dict]:
+    """A 2-layer LSTM char LM (2 x 16 units) with random weights, its vocabulary and golden."""
+    from models.language_model import CharLanguageModel, CharLMConfig, generate
+    from models.search import SearchOptions
+    from models.tokenizers import CharTokenizer
+    from models.vocabulary import Vocabulary
+
+    text = Vocabulary.build([LM_TEXT], CharTokenizer())
+    config = CharLMConfig(len(text), embed_size=8, hidden_size=16, num_layers=2, dropout=0.0)
+    model = CharLanguageModel(config).eval()
+    _peaked(model)
+    golden = {"input": "The cat", "options": GOLDEN_OPTIONS}
+    golden["output"] = generate(model, text, golden["input"], SearchOptions(**GOLDEN_OPTIONS))
+    return model, text, golden
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def canvas_pixels(page) -> np.ndarray:
 
 
 def test_an_example_gets_its_caption_and_each_word_its_attention(page, server):
-    expect(page.locator("#tab-generate")).to_be_hidden()  # the service has no /generate yet
+    expect(page.locator("#tab-generate")).to_be_visible()  # the test service has a char LM
     page.click("[data-example='photo_pier.jpg']")
     expect(page.locator("#caption-result")).to_be_visible()
     wanted = {"decoding": "greedy", "max_length": 20, "return_attention": True}
@@ -220,7 +220,8 @@ def test_an_empty_sentence_shows_the_services_message(page):
 
 
 def test_the_language_model_tab_appears_with_generate_and_sends_its_fields(tab, server):
-    """The service has no /generate yet: the browser answers in its place, as the schema says."""
+    """With another /generate schema (the browser answers in the service's place), the tab
+    still maps its fields onto it."""
     schema = {"properties": {"seed_text": {}, "length": {}, "options": {}}}
     spec = {
         "paths": {
@@ -264,3 +265,27 @@ def test_the_language_model_tab_appears_with_generate_and_sends_its_fields(tab, 
     }
     tab.click("#generate-button")
     expect(tab.locator("#generate-error")).to_contain_text("length: too long")
+
+
+def test_the_language_model_tab_samples_then_colours_the_text_by_a_unit(page, server):
+    page.click("#tab-generate")
+    page.fill("#lm-length", "40")
+    page.fill("#lm-seed", "3")
+    page.click("#generate-button")
+    expect(page.locator("#generated")).not_to_be_empty()
+    request = {"text": "The ", "length": 40, "decoding": "sample", "temperature": 0.8}
+    request |= {"top_k": 0, "seed": 3}
+    sampled = httpx.post(f"{server.url}/generate", json=request, timeout=60).json()["text"]
+    assert page.text_content("#generated") == sampled  # the tab samples, with the form's fields
+
+    page.click("#inspect-button")
+    expect(page.locator("#inspect-unit")).to_contain_text("with line_position")
+    expect(page.locator("#inspected span")).to_have_count(len("The " + sampled))
+    colours = page.eval_on_selector_all(
+        "#inspected span", "s => s.map(e => e.style.backgroundColor)"
+    )
+    assert any("255, 0, 0" in c for c in colours) or any("0, 64, 255" in c for c in colours)
+    screenshot(page, "language_model_inspect")
+    page.fill("#lm-unit", "q9.9")
+    page.click("#inspect-button")
+    expect(page.locator("#inspect-error")).to_contain_text("unknown unit 'q9.9'")

@@ -87,5 +87,13 @@ def test_the_service_serves_the_page_and_every_file_it_references(server):
 def test_the_page_calls_these_endpoints_and_no_others():
     scripts = "".join(path.read_text() for path in DEMO_DIR.glob("*.js"))
     called = set(re.findall(r'callApi\("\.\./([a-z_.]+)"', scripts))
-    assert called == {"models", "docs.json", "caption", "caption_overlay", "translate", "generate"}
+    assert called == {
+        "models",
+        "docs.json",
+        "caption",
+        "caption_overlay",
+        "translate",
+        "generate",
+        "inspect",
+    }
     assert (DEMO_DIR / "index.html").read_text().count('type="module"') == 1

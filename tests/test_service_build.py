@@ -34,6 +34,7 @@ def test_bentoml_build_packs_code_models_and_pins(stored_models, tmp_path: Path)
     assert {m["tag"] for m in manifest["models"]} == {
         stored_models.captioner,
         stored_models.translator,
+        stored_models.language_model,  # optional, packed because the store has it
     }
     assert manifest["services"][0]["config"]["resources"] == {"gpu": 1.0}
     source = Path(bento.path) / "src"

@@ -282,6 +282,7 @@ def test_tiny_models_load_and_pass_their_golden_check(stored_models) -> None:
     assert [m["tag"] for m in runtime.info()["models"]] == [
         stored_models.captioner,
         stored_models.translator,
+        stored_models.language_model,
     ]
 
 
@@ -318,6 +319,38 @@ def test_a_missing_model_names_what_to_do(stored_models, caplog) -> None:
     with caplog.at_level(logging.ERROR, logger="bentoml.seqserve"):
         runtime = loaded_runtime(translators="no-such-model")
     assert runtime.state == "failed" and "make import-models" in caplog.text
+
+
+def test_without_a_language_model_the_service_is_ready_and_the_lm_answers_404(
+    stored_models,
+) -> None:
+    from service.language import served_language_model
+
+    for name in ("no-such-lm", ""):  # not in the store; switched off
+        runtime = loaded_runtime(language_model=name)
+        assert runtime.state == "ready", runtime.problem
+        assert stored_models.language_model not in [m["tag"] for m in runtime.info()["models"]]
+        with pytest.raises(RequestError) as caught:  # the batcher is stopped: ask directly
+            served_language_model(runtime.models, runtime.settings)
+        assert (caught.value.status, caught.value.code) == (404, "model_not_installed")
+        assert "make import-models" in caught.value.message
+
+
+def test_a_language_model_with_a_wrong_golden_keeps_the_service_not_ready(
+    stored_models, caplog
+) -> None:
+    from models.checkpoint import write_checksums
+
+    def change_golden(directory: Path) -> None:
+        golden = json.loads((directory / "golden.json").read_text())
+        golden["output"] = "not what the model says"
+        (directory / "golden.json").write_text(json.dumps(golden))
+        write_checksums(directory)
+
+    copy_into_store("wrong-golden-lm", stored_models.language_model, change_golden)
+    with caplog.at_level(logging.ERROR, logger="bentoml.seqserve"):
+        runtime = loaded_runtime(language_model="wrong-golden-lm")
+    assert runtime.state == "failed" and "golden check failed" in caplog.text
 
 
 def test_attention_grids_follow_the_feature_map() -> None:

@@ -1,6 +1,9 @@
-// The language-model tab: shown only when the service has POST /generate; samples text.
+// The language-model tab: shown only when the service has POST /generate; samples text, and with
+// POST /inspect colours that text by one hidden unit of the model.
 
-import { $, callApi, clampInt, withBusy } from "./common.js";
+import { $, callApi, clampInt, element, fixed, withBusy } from "./common.js";
+
+const MAX_INSPECT_CHARS = 4000; // /inspect's bound on its text
 
 let generateSchema = null; // the request schema /generate declares in /docs.json
 
@@ -12,6 +15,9 @@ export async function detectGenerate() {
     if (!operation) return;
     generateSchema = requestSchema(spec, operation);
     $("#tab-generate").hidden = false;
+    const canInspect = Boolean(spec.paths["/inspect"]?.post);
+    $("#lm-inspect").hidden = !canInspect;
+    $("#inspect-button").hidden = !canInspect;
   } catch {
     // no OpenAPI document, or no /generate: the tab stays hidden, which is the point
   }
@@ -43,6 +49,7 @@ function generateBody() {
     else options[name] = value;
   }
   if (properties.includes("options") && Object.keys(options).length) body.options = options;
+  if (properties.includes("decoding")) body.decoding = "sample"; // the tab samples; greedy is the API default
   return body;
 }
 
@@ -57,8 +64,43 @@ async function runGenerate() {
   });
 }
 
+/** POST /inspect over the seed and its continuation: the chosen unit, or the best one for the property. */
+async function runInspect() {
+  $("#inspected").hidden = true;
+  $("#inspect-unit").textContent = "";
+  await withBusy("inspect", async () => {
+    const text = ($("#lm-seed-text").value + $("#generated").textContent).slice(-MAX_INSPECT_CHARS);
+    const unit = $("#lm-unit").value.trim();
+    const body = unit ? { text, units: [unit] } : { text, property: $("#lm-property").value, top: 1 };
+    const result = await callApi("../inspect", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const found = result.units[0];
+    $("#inspect-unit").textContent = result.property
+      ? `Unit ${found.unit}: r = ${fixed(found.correlation, 2)} with ${result.property}`
+      : `Unit ${found.unit}`;
+    showActivations(result.characters, found.activations);
+  });
+}
+
+/** Each character on a background from blue (the text's lowest activation) through white to red
+ * (its highest), as training/units_report.py colours its pages. */
+function showActivations(characters, activations) {
+  const low = Math.min(...activations), high = Math.max(...activations);
+  const spans = characters.map((character, i) => {
+    const strength = (2 * (activations[i] - low)) / (high - low || 1) - 1; // -1 .. 1
+    const colour = strength >= 0 ? "255, 0, 0" : "0, 64, 255";
+    const span = element("span", { title: fixed(activations[i]) }, character === "\n" ? "↵\n" : character);
+    span.style.backgroundColor = `rgba(${colour}, ${fixed(Math.abs(strength) * 0.7, 2)})`;
+    return span;
+  });
+  $("#inspected").replaceChildren(...spans);
+  $("#inspected").hidden = false;
+}
+
 export function setUpGenerate() {
   const slider = $("#lm-temperature");
   slider.addEventListener("input", () => { $("#lm-temperature-value").textContent = slider.value; });
   $("#generate-button").addEventListener("click", runGenerate);
+  $("#inspect-button").addEventListener("click", runInspect);
 }
