@@ -8,7 +8,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: install serve test test-service lint format import-models clean
+.PHONY: install serve test test-service browser lint format import-models clean bench
 
 install: $(VENV)/.installed
 
@@ -21,8 +21,30 @@ $(VENV)/.installed: pyproject.toml
 serve: import-models
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# Debian's Chromium for the demo page's browser tests (tests/test_demo_browser.py, docs/demo.md).
+# Where it cannot be installed (no root, no package mirror) those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+# The benchmarks (bench/README.md): serving, decoding, start and size, training; about 25 min.
+# Results in bench/results/. Timings are only meaningful on an otherwise idle machine.
+bench: install
+	$(PY) -m bench.decode
+	$(PY) -m bench.startup
+	$(PY) -m bench.training
+	$(PY) -m bench.serving
+
+# Opt-in load run, not part of `make test` (docs/reliability.md): its own server, capacity, a
+# steady run at capacity, twice capacity, recovery; about 4 min. e.g. LOAD_ARGS="--duration 60".
+LOAD_ARGS ?=
+.PHONY: test-load
+test-load: install
+	$(PY) -m tests.reliability.load $(LOAD_ARGS)
 
 # The service tests alone: helpers in-process, one real `bentoml serve`, `bentoml build` (~60 s).
 test-service: install
@@ -62,8 +84,10 @@ evaluate-models:
 	$(PY) -m training.evaluate --model runs/translator_default/best --baseline runs/translator_noattn/best --split test
 
 export-models:
-	$(PY) -m training.export save --model runs/captioner_default/best --ship-dir pretrained/captioner
-	$(PY) -m training.export save --model runs/translator_default/best --ship-dir pretrained/translator
+	$(PY) -m training.export save --model runs/captioner_default/best --ship-dir pretrained/captioner \
+		--train-command "python -m training.train_captioner --preset default"
+	$(PY) -m training.export save --model runs/translator_default/best --ship-dir pretrained/translator \
+		--train-command "python -m training.train_translator --preset default"
 
 # Retrain both defaults from scratch, evaluate them and replace pretrained/ (about 1.5 h here).
 retrain: data
