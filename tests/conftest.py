@@ -6,13 +6,8 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.serving import ServeProcess
 
 # Tests run torch on one thread: tiny models are fastest there, and two OpenMP threads spinning
 # against other processes made a toy training step 17x slower.
@@ -185,67 +182,19 @@ def pixel_bomb() -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    log: Path
-    process: subprocess.Popen
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(
     stored_models: StoredModels, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+) -> Iterator[ServeProcess]:
     """One `bentoml serve` process for the whole session, ready (golden checks passed)."""
-    import httpx
-
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {
-        **os.environ,
-        "SEQSERVE_TORCH_THREADS": "1",  # tiny models, shared cores: see above
         "SEQSERVE_CAPTION_BODY_BYTES": str(2 * 1024 * 1024),  # small, so 413 is cheap to test
         "SEQSERVE_TRANSLATE_BODY_BYTES": str(256 * 1024),
     }
-    command = [sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    process = ServeProcess.start(BENTOML_HOME, log, env)
     try:
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"bentoml serve did not become ready:\n{log.read_text()[-4000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        yield Server(url, log, process)
+        process.wait_ready()
+        yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.stop()

@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from tests.reliability.media import encoded, photo_like
-from tests.reliability.serving import ServeProcess, rss_mb
+from tests.serving import ServeProcess, rss_mb
 
 SENTENCES = ["the cat sits on the mat .", "where is the station ?"]
 OPTIONS = {"max_length": 12}

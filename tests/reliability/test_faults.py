@@ -24,13 +24,16 @@ import pytest
 
 from tests.reliability.checks import assert_error
 from tests.reliability.media import encoded, photo_like
-from tests.reliability.serving import HOOKS, ServeProcess, copy_store, rss_mb
+from tests.serving import ServeProcess, copy_store, rss_mb
 
 pytestmark = [pytest.mark.reliability, pytest.mark.service]
 TIMEOUT_S = 2.0
 SLOW_STEP_S = 0.05  # 200 steps: 10 s, five times the time limit
 LONG_SENTENCE = " ".join(["the"] * 99)  # long enough for 200 output tokens
 FOREVER = {"min_length": 200, "max_length": 200}  # the end token is forbidden: all 200 steps
+
+
+HOOKS = Path(__file__).parent / "hooks"  # the test-only fault hook (sitecustomize.py)
 
 
 class FaultServer(ServeProcess):

@@ -26,7 +26,7 @@ from tests.reliability.media import (
     random_bytes,
     webp_header_bomb,
 )
-from tests.reliability.serving import rss_mb, worker_of
+from tests.serving import rss_mb, worker_of
 
 pytestmark = [pytest.mark.reliability, pytest.mark.service]
 CAP = ImageLimits(25_000_000, 4.0)  # the service defaults

@@ -1,4 +1,4 @@
-"""Real `bentoml serve` processes for the reliability tests: start, find the worker, wait, stop."""
+"""Real `bentoml serve` processes for the tests: start, find the worker, wait, stop."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-HOOKS = Path(__file__).parent / "hooks"
+ROOT = Path(__file__).resolve().parents[1]
 WORKER_MODULE = "_bentoml_impl.worker.service"
 
 
