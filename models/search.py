@@ -173,6 +173,7 @@ def beam_search(
 
     Hypotheses that produce END are set aside; an input is done once it has K finished ones that
     no live beam can beat, or at its length limit (its live beams are then kept as truncated).
+    A done input leaves the batch, so later steps only compute the inputs still searching.
     Returns the n-best per input.
     """
     batch, k, device = limits.size(0), options.beam_size, limits.device
@@ -184,46 +185,55 @@ def beam_search(
     history_lps = scores.new_empty((batch * k, 0))
     attention: Tensor | None = None
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)  # (B, 1)
+    active = list(range(batch))  # the input behind each of the B' rows groups still searching
     for t in range(int(limits.max())):
-        log_probs, state = stepper.step(prev, state)  # (B*K, V)
+        live = len(active)
+        log_probs, state = stepper.step(prev, state)  # (B'*K, V)
         log_probs = _constrain(log_probs, t, history, options)
         vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K)
-        top_rows = top_index // vocab + offsets  # (B, 2K) source row of each candidate
+        candidates = (scores.view(-1, 1) + log_probs).view(live, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B', 2K)
+        offsets = (torch.arange(live, device=device) * k).unsqueeze(1)  # (B', 1)
+        top_rows = top_index // vocab + offsets  # (B', 2K) source row of each candidate
         top_tokens = top_index % vocab
-        top_lps = log_probs.view(-1)[top_rows * vocab + top_tokens]  # (B, 2K)
-        at_limit = t + 1 >= limits  # (B,)
+        top_lps = log_probs.view(-1)[top_rows * vocab + top_tokens]  # (B', 2K)
+        at_limit = t + 1 >= limits  # (B',)
         step = _Step(
             history, history_lps, attention, state.attention, top_rows, top_tokens, top_lps
         )
 
         is_end = (top_tokens == END) & torch.isfinite(top_scores)
-        ends = is_end & (torch.arange(2 * k, device=device) < k) & ~done.unsqueeze(1)
-        _set_aside(finished, step, ends, options)
-        alive_scores, alive_pos = top_scores.masked_fill(is_end, _NEG_INF).topk(k, dim=1)  # (B, K)
-        rows = top_rows.gather(1, alive_pos).view(-1)  # (B*K,)
-        new_tokens = top_tokens.gather(1, alive_pos).view(-1)
-        last = at_limit & ~done
-        if bool(last.any()):
+        ends = is_end & (torch.arange(2 * k, device=device) < k)
+        _set_aside(finished, active, step, ends, options)
+        alive_scores, alive_pos = top_scores.masked_fill(is_end, _NEG_INF).topk(k, dim=1)  # (B', K)
+        if bool(at_limit.any()):
             cut = torch.zeros_like(top_scores, dtype=torch.bool).scatter(1, alive_pos, True)
             _set_aside(
-                finished, step, cut & last.unsqueeze(1) & torch.isfinite(top_scores), options
+                finished,
+                active,
+                step,
+                cut & at_limit.unsqueeze(1) & torch.isfinite(top_scores),
+                options,
             )
-
-        history = torch.cat([history[rows], new_tokens.unsqueeze(1)], dim=1)
+        done = at_limit | _cannot_improve(
+            [finished[i] for i in active], alive_scores[:, 0], t + 2, options
+        )
+        keep = (~done).nonzero().squeeze(1)  # (B'',) inputs still searching
+        if keep.numel() == 0:
+            break
+        rows = top_rows.gather(1, alive_pos)[keep].view(-1)  # (B''*K,)
+        prev = top_tokens.gather(1, alive_pos)[keep].view(-1)
+        history = torch.cat([history[rows], prev.unsqueeze(1)], dim=1)
         history_lps = torch.cat(
-            [history_lps[rows], top_lps.gather(1, alive_pos).view(-1, 1)], dim=1
+            [history_lps[rows], top_lps.gather(1, alive_pos)[keep].view(-1, 1)], dim=1
         )
         attention = step.attention_for(rows)
-        done = done | last | _cannot_improve(finished, alive_scores[:, 0], t + 2, options)
-        if bool(done.all()):
-            break
-        scores = alive_scores.masked_fill(done.unsqueeze(1), _NEG_INF)
-        state = state.select(rows)
-        prev = new_tokens
+        scores = alive_scores[keep]
+        shrunk = keep.numel() < live
+        if shrunk:
+            active = [active[i] for i in keep.tolist()]
+            limits = limits[keep]
+        state = state.select(rows, include_static=shrunk)  # static rows of kept inputs only
     return [sorted(f, key=lambda h: h.score, reverse=True)[: options.n_best] for f in finished]
 
 
@@ -263,26 +273,31 @@ class _Step:
 
 
 def _set_aside(
-    finished: list[list[Hypothesis]], step: _Step, chosen: Tensor, options: SearchOptions
+    finished: list[list[Hypothesis]],
+    active: list[int],
+    step: _Step,
+    chosen: Tensor,
+    options: SearchOptions,
 ) -> None:
-    """Turn the chosen (B, 2K) candidates into finished hypotheses of their inputs."""
+    """Turn the chosen (B', 2K) candidates into finished hypotheses of their inputs
+    (`active[b]` is the input behind row group b)."""
     for b, j in chosen.nonzero().tolist():
         row = int(step.rows[b, j])
         ids = [*step.history[row].tolist(), int(step.tokens[b, j])]
         lps = [*step.history_lps[row].tolist(), float(step.lps[b, j])]
         attention = step.attention_for(step.rows[b, j].view(1))
-        finished[b].append(
+        finished[active[b]].append(
             _hypothesis(ids, lps, attention[0] if attention is not None else None, options)
         )
 
 
 def _constrain(log_probs: Tensor, t: int, history: Tensor, options: SearchOptions) -> Tensor:
-    """Forbid PAD and START always, END before `min_length`, and tokens that repeat an n-gram."""
-    forbidden = torch.zeros(log_probs.size(1), dtype=torch.bool, device=log_probs.device)
-    forbidden[[PAD, START]] = True
-    if t < options.min_length:
-        forbidden[END] = True
-    log_probs = log_probs.masked_fill(forbidden, _NEG_INF)
+    """Forbid PAD and START always, END before `min_length`, and tokens that repeat an n-gram.
+
+    Works in place on the step's fresh (N, V) output: writing a few columns instead of copying
+    the whole vocabulary-sized tensor every step.
+    """
+    log_probs[:, [PAD, START, END] if t < options.min_length else [PAD, START]] = _NEG_INF
     n = options.no_repeat_ngram_size
     if n > 0 and history.size(1) >= n - 1:
         log_probs = log_probs.masked_fill(

@@ -1,0 +1,79 @@
+"""Benchmarks 1 and 2 (serving, decoding) on a CUDA device under bf16 autocast, same JSON as on CPU.
+
+Usage: python -m bench.gpu [--device cuda] [--autocast bf16] [--models pretrained]
+       [--out-prefix bench/results/gpu]
+       python -m bench.gpu --device cpu --models tiny --quick   # exercises the script without a GPU
+
+Writes <prefix>_serving.json (+ .png) and <prefix>_decode.json. On CUDA the service runs its models
+under bf16 autocast by itself (falling back to fp32 per model if bf16 changes its golden output);
+`--autocast` sets the in-process limit, the plain FastAPI server and the decoding benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import common, decode, serving
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda", help="torch device (default: cuda)")
+    parser.add_argument(
+        "--autocast", default="bf16", choices=("none", "bf16", "fp16"), help="(default: bf16)"
+    )
+    parser.add_argument(
+        "--models",
+        choices=common.MODEL_CHOICES,
+        default="pretrained",
+        help="pretrained/ (random weights of the same sizes when missing), random or tiny (default: pretrained)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short cells, concurrency 1 and 8, batches 1 and 16: a smoke run (default: off)",
+    )
+    parser.add_argument(
+        "--out-prefix",
+        type=Path,
+        default=common.RESULTS / "gpu",
+        help="output prefix (default: bench/results/gpu)",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; `--device cpu --quick` exercises the script on CPU")
+    common_flags = ["--device", args.device, "--autocast", args.autocast, "--models", args.models]
+    if args.quick:
+        serving_flags = ["--concurrency", "1", "8", "--duration", "2", "--warmup", "0.5"]
+        serving_flags += ["--repeats", "1", "--batches", "1", "16"]
+        decode_flags = ["--repeats", "1", "--batches", "1", "16", "--threads", "1"]
+    else:  # a GPU takes bigger batches: the limit also tries 128 and 256, the service 128 images
+        serving_flags = ["--batches", "1", "16", "32", "64", "128", "256"]
+        serving_flags += ["--service-env", "SEQSERVE_MAX_BATCH_IMAGES=128"]
+        serving_flags += ["SEQSERVE_MAX_BATCH_SENTENCES=256"]
+        decode_flags = ["--repeats", "5"]
+    prefix = str(args.out_prefix)
+    served = serving.main(
+        serving.get_args_parser().parse_args(
+            [*common_flags, *serving_flags, "--out", f"{prefix}_serving.json"]
+        )
+    )
+    decoded = decode.main(
+        decode.get_args_parser().parse_args(
+            [*common_flags, *decode_flags, "--out", f"{prefix}_decode.json"]
+        )
+    )
+    return {"serving": served, "decode": decoded}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

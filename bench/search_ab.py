@@ -1,0 +1,103 @@
+"""Before/after of a change to models/search.py: bench.decode's cells with the beam search of a
+given git revision against the working tree's, alternating.
+
+Usage: python -m bench.search_ab [--rev 50e6326] [--batches 16 64] [--repeats 2]
+       [--out bench/results/search_ab.json]
+The old module is loaded from `git show REV:models/search.py`; greedy search is the working tree's
+on both sides, so only beam search (and the constraint masking it calls) differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models.search as current
+from bench import common, decode
+from models.checkpoint import load_model
+
+KEYS = ("greedy", "beam5", "beam5_one_at_a_time", "beam5_over_greedy", "batched_beam_speedup")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rev", default="50e6326", help="the 'before' revision (default: 50e6326)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64], help="(default: 16 64)")
+    parser.add_argument("--repeats", type=int, default=2, help="repeats per side (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=common.RESULTS / "search_ab.json",
+        help="JSON output (default: bench/results/search_ab.json)",
+    )
+    return parser
+
+
+def module_at(rev: str, workdir: Path) -> Any:
+    """models/search.py as it was at `rev`, imported under another name."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:models/search.py"],
+        cwd=common.ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = workdir / "search_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("search_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["search_before"] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    cell_args = argparse.Namespace(repeats=1, device="cpu", autocast="none")
+    report = common.environment(rev=args.rev, threads=args.threads, results={})
+    with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmp:
+        before = module_at(args.rev, Path(tmp))
+        sides = {
+            "before": (before.beam_search, before._constrain),
+            "after": (current.beam_search, current._constrain),
+        }
+        dirs = common.model_dirs("pretrained", Path(tmp))
+        try:
+            for kind in ("captioner", "translator"):
+                loaded = load_model(dirs[kind])
+                for batch in args.batches:
+                    runs: dict[str, list[dict]] = {side: [] for side in sides}
+                    for repeat in range(args.repeats):
+                        for side in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:
+                            current.beam_search, current._constrain = sides[side]
+                            runs[side].append(decode.measure(kind, loaded, batch, cell_args))
+                    for side, cells in runs.items():
+                        r = {k: statistics.median(c[k] for c in cells) for k in KEYS}
+                        r["load_average"] = [c["load_average"] for c in cells]
+                        report["results"][f"{kind}/{batch}/{side}"] = r
+                        print(
+                            f"{kind:<10} {batch:>3} {side:<6} greedy {r['greedy']:.4f} s "
+                            f"beam5 {r['beam5']:.4f} s 1-by-1 {r['beam5_one_at_a_time']:.4f} s "
+                            f"beam/greedy {r['beam5_over_greedy']:.2f} "
+                            f"speed-up {r['batched_beam_speedup']:.1f} (load {max(r['load_average'])})",
+                            flush=True,
+                        )
+        finally:
+            current.beam_search, current._constrain = sides["after"]
+    common.write_report(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
