@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -29,6 +30,16 @@ GOLDEN_IMAGE = ROOT / "tests" / "fixtures" / "images" / "emoji_cat_face.png"
 EMOJI = ROOT / "data" / "emoji" / "images" / "google"
 SENTENCES = ROOT / "data" / "de-en" / "test.en"
 MODEL_CHOICES = ("pretrained", "random", "tiny")
+
+
+def add_models_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--models` flag every benchmark takes."""
+    parser.add_argument(
+        "--models",
+        choices=MODEL_CHOICES,
+        default="pretrained",
+        help="pretrained/ (random weights of the same sizes when missing), random or tiny (default: pretrained)",
+    )
 
 
 def load_average() -> list[float]:

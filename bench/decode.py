@@ -42,12 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: 1; two threads on the main thread of a busy 2-core "
         "machine ran up to 100x slower, see bench/README.md)",
     )
-    parser.add_argument(
-        "--models",
-        choices=common.MODEL_CHOICES,
-        default="pretrained",
-        help="pretrained/ (random weights of the same sizes when missing), random or tiny (default: pretrained)",
-    )
+    common.add_models_argument(parser)
     parser.add_argument(
         "--batches",
         type=int,

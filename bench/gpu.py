@@ -28,12 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--autocast", default="bf16", choices=("none", "bf16", "fp16"), help="(default: bf16)"
     )
-    parser.add_argument(
-        "--models",
-        choices=common.MODEL_CHOICES,
-        default="pretrained",
-        help="pretrained/ (random weights of the same sizes when missing), random or tiny (default: pretrained)",
-    )
+    common.add_models_argument(parser)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -25,12 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--models",
-        choices=common.MODEL_CHOICES,
-        default="pretrained",
-        help="pretrained/ (random weights of the same sizes when missing), random or tiny (default: pretrained)",
-    )
+    common.add_models_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="starts per server (default: 3)")
     parser.add_argument(
         "--out",
