@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,15 +23,6 @@ from training import train_lm
 from training.tbptt import SavedTensorMeter, evaluate_bpc, to_streams, train_streams
 
 TEXT = 'The quick brown fox jumps over the lazy dog.\n("Quoted", she said.)\n' * 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small models run fastest on one thread, and the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -27,14 +25,6 @@ from models.units import (
 from models.vocabulary import Vocabulary
 
 TEXT = 'He said "no (not [yet]) way" twice.\n%\nA second line\'s "quote\n\nends" here.\n'
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
