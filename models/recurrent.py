@@ -11,6 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 CellType = Literal["rnn", "gru", "lstm"]
 _LAYERS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+_CELLS = {"rnn": torch.rnn_tanh_cell, "gru": torch.gru_cell, "lstm": torch.lstm_cell}
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class RecurrentCore(nn.Module):
         """
         if state is None:
             state = self.initial_state(inputs.size(0))
+        if inputs.size(1) == 1 and lengths is None and self._steps_by_cell:
+            return self._one_step(inputs[:, 0], state)
         hx = self._to_layer_major(state)
         if lengths is None:
             outputs, hx = self.rnn(inputs, hx)
@@ -94,6 +98,31 @@ class RecurrentCore(nn.Module):
                 packed_out, batch_first=True, total_length=inputs.size(1)
             )
         return outputs, self._to_batch_major(hx)
+
+    @property
+    def _steps_by_cell(self) -> bool:
+        """Whether one step may skip nn.RNNBase: unidirectional, and no dropout between layers."""
+        return not self.config.bidirectional and (not self.training or self.config.num_layers == 1)
+
+    def _one_step(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        """One time step (B, I) layer by layer with the fused cell functions, on nn.LSTM's own
+        weights. Same numbers as the full layer (within float rounding), but without its per-call
+        set-up: 7x quicker for one sentence, never slower (bench/README.md, "One decoding step")."""
+        cell = _CELLS[self.config.cell]
+        hs, cs = [], []
+        for layer in range(self.config.num_layers):
+            weights = [getattr(self.rnn, f"{name}_l{layer}") for name in _WEIGHTS]
+            if self.is_lstm:
+                h, c = cell(x, (state["h"][:, layer], state["c"][:, layer]), *weights)
+                cs.append(c)
+            else:
+                h = cell(x, state["h"][:, layer], *weights)
+            hs.append(h)
+            x = h
+        stepped = {"h": torch.stack(hs, dim=1)}  # (B, L, H)
+        if self.is_lstm:
+            stepped["c"] = torch.stack(cs, dim=1)
+        return x.unsqueeze(1), stepped
 
     def _to_layer_major(self, state: RecurrentState) -> Tensor | tuple[Tensor, Tensor]:
         h = state["h"].transpose(0, 1).contiguous()  # (L*D, B, H)

@@ -39,6 +39,21 @@ def test_lengths_give_each_row_its_own_final_state(bidirectional: bool) -> None:
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_one_step_by_cells_equals_the_full_layer(cell: str, layers: int) -> None:
+    """A single time step takes the cell-by-cell path; it must match nn.RNNBase exactly enough."""
+    torch.manual_seed(0)
+    core = RecurrentCore(RecurrentConfig(6, 10, cell, layers)).eval()
+    state = {k: torch.randn(4, layers, 10) for k in (("h", "c") if cell == "lstm" else ("h",))}
+    x = torch.randn(4, 1, 6)
+    out, stepped = core(x, state)
+    hx = core._to_layer_major(state)
+    expected_out, expected_hx = core.rnn(x, hx)  # the library layer, bypassing the fast path
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(stepped, core._to_batch_major(expected_hx))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("attention", ["none", "additive", "multiplicative"])
 def test_stepping_equals_teacher_forcing(cell: str, attention: str) -> None:
     """step() one token at a time gives the same log-probs as one teacher-forced pass."""
