@@ -46,12 +46,12 @@ def choose_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def default_torch_threads() -> int:
-    """Torch threads when TORCH_THREADS is 0: every core this process may use but one, which is
+def default_torch_threads(workers: int) -> int:
+    """Torch threads when TORCH_THREADS is 0: this worker's share of the cores, less one that is
     left to request handling (HTTP parsing, image decoding, responses); at least one.
     On 2 cores, two OpenMP threads beside the request threads made batches up to 10x slower
     (bench/README.md)."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, len(os.sched_getaffinity(0)) // workers - 1)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = choose_device(settings.device)
-        torch.set_num_threads(settings.torch_threads or default_torch_threads())
+        torch.set_num_threads(
+            settings.torch_threads or default_torch_threads(settings.worker_count())
+        )
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
         self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
         self.models: dict[str, ServedModel] = {}

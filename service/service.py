@@ -56,7 +56,8 @@ Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
 
 @bentoml.service(
     name="seqserve",
-    workers=1,  # one process holds both models; scale out with replicas
+    workers=SETTINGS.worker_count(),
+    logging={"access": {"enabled": SETTINGS.access_log}},
     threads=SETTINGS.api_threads,
     traffic={"timeout": SETTINGS.request_timeout_s + 5},  # ours answers first, in our shape
     resources={"gpu": SETTINGS.gpus} if SETTINGS.gpus else {},

@@ -66,6 +66,7 @@ class ServeProcess:
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
             "SEQSERVE_TORCH_THREADS": "1",
+            "SEQSERVE_WORKERS": "1",  # the tests find, signal and measure the one worker
             **(env or {}),
         }
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe"]

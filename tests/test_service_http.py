@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.serving import ServeProcess
 
 pytestmark = pytest.mark.service
 IMAGES = Path(__file__).parent / "fixtures" / "images"
@@ -335,6 +339,34 @@ def batch_counts(client) -> tuple[float, float]:
         for kind in ("count", "sum")
     ]
     return values[0], values[1]
+
+
+def test_two_workers_both_answer_the_same(stored_models, examples, tmp_path) -> None:
+    """SEQSERVE_WORKERS=2 (the default on a multi-core CPU): each worker loads the models and
+    passes its golden check, fresh connections reach both, and both answer alike."""
+    log = tmp_path / "serve.log"
+    two = ServeProcess.start(Path(os.environ["BENTOML_HOME"]), log, {"SEQSERVE_WORKERS": "2"})
+    try:
+        two.wait_ready()
+        two.wait_for_log("all models ready")
+        deadline = time.monotonic() + 60
+        while two.log_text().count("all models ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert two.log_text().count("all models ready") == 2
+
+        def fresh(_: int) -> str:  # a new connection each time, so either worker may accept it
+            response = httpx.post(f"{two.url}/translate", json={"sentences": examples[:1]})
+            assert response.status_code == 200, response.text
+            return response.json()["translations"][0]["alternatives"][0]["text"]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = set(pool.map(fresh, range(64)))
+        served_by = set(
+            re.findall(r"\[entry_service:seqserve:(\d+)\][^\n]*path=/translate", log.read_text())
+        )
+        assert answers == {fresh(0)} and served_by == {"1", "2"}
+    finally:
+        two.stop()
 
 
 # -- bad input: one JSON error shape, a 4xx, and the next request still works ------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from service.endpoints import search_options
 from service.envelope import allowed_values, field_name, rewrite_error
 from service.errors import RequestError
 from service.images import ImageLimits, decode_image, limit_aspect_ratio, sniff_format
+from service.runtime import default_torch_threads
 from service.schemas import DecodingOptions
 from service.settings import Settings
 
@@ -193,6 +195,18 @@ def test_settings_come_from_the_environment() -> None:
     assert settings.max_batch_images == 4 and settings.translator_names == ["a", "b"]
     with pytest.raises(ValueError, match="SEQSERVE_GPUS"):
         Settings.from_env({"SEQSERVE_GPUS": "many"})
+    assert Settings.from_env({"SEQSERVE_ACCESS_LOG": "off"}).access_log is False
+    with pytest.raises(ValueError, match="SEQSERVE_ACCESS_LOG"):
+        Settings.from_env({"SEQSERVE_ACCESS_LOG": "maybe"})  # bool("maybe") would be True
+
+
+def test_workers_default_to_one_on_a_gpu_and_two_on_a_multi_core_cpu() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings(device="cuda").worker_count() == 1
+    assert Settings(device="cpu").worker_count() == min(2, cores)
+    assert Settings(device="cpu", workers=3).worker_count() == 3
+    assert default_torch_threads(1) == max(1, cores - 1)
+    assert default_torch_threads(cores) == 1  # never zero
 
 
 # -- the batch queue -------------------------------------------------------------------------
