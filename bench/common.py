@@ -283,8 +283,11 @@ def start_server(
     log: Path,
     ready_path: str = "/readyz",
     timeout_s: float = 300,
+    ready_lines: tuple[str, int] | None = None,
 ) -> Server:
-    """Start `command` and wait until GET `ready_path` answers 200; `start_s` is that wait."""
+    """Start `command` and wait until GET `ready_path` answers 200 and, with `ready_lines`
+    (text, n), until the log holds n lines with that text (one per worker: /readyz answers
+    from whichever worker accepts the connection); `start_s` is that wait."""
     import httpx
 
     started = time.perf_counter()
@@ -303,13 +306,25 @@ def start_server(
             server.stop()
             raise RuntimeError(f"{name} did not become ready:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
-                break
+            ready = httpx.get(server.url + ready_path, timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
+            ready = False
+        if ready and ready_lines is not None:
+            text, count = ready_lines
+            ready = log.read_text(errors="replace").count(text) >= count
+        if ready:
+            break
         time.sleep(0.05)
     server.start_s = time.perf_counter() - started
     return server
+
+
+def bentoml_ready_lines(env: dict[str, str]) -> tuple[str, int]:
+    """What the service logs once per worker when it is ready, and how many workers `env` gives."""
+    from service.settings import Settings
+
+    workers = Settings.from_env({**os.environ, **env}).worker_count()
+    return "all models ready", workers
 
 
 def bentoml_command(port: int) -> list[str]:

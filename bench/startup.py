@@ -62,7 +62,12 @@ def start_once(side: str, dirs: dict[str, Path], home: Path, workdir: Path) -> d
     if side == "bentoml":
         env = {"BENTOML_HOME": str(home), "SEQSERVE_GPUS": "0"}
         server = common.start_server(
-            side, common.bentoml_command(port), env, port, workdir / f"{side}.log"
+            side,
+            common.bentoml_command(port),
+            env,
+            port,
+            workdir / f"{side}.log",
+            ready_lines=common.bentoml_ready_lines(env),
         )
     else:
         command = common.simple_command(dirs, port, "cpu", "none")
