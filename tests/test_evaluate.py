@@ -35,6 +35,8 @@ def test_translator_report_has_scores_signatures_and_baseline(tmp_path: Path) ->
         results["greedy"]["bleu"] == report["results"]["greedy"]["bleu"]
     )  # same model, same score
     assert {"input", "references", "greedy", "beam3"} <= set(report["samples"][0])
+    bf16 = run_evaluate("--model", str(model), "--autocast", "bf16", "--output", str(output))
+    assert bf16["autocast"] == "bf16" and 0 <= bf16["results"]["greedy"]["bleu"] <= 100
 
 
 def test_captioner_report_has_bleu_cider_and_nearest_neighbour(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ python -m training.evaluate --model runs/translator_default/best --baseline runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,13 @@ def samples(data: EvalData, outputs: dict[str, list[str]], count: int = 8) -> li
     ]
 
 
+def _precision(loaded: LoadedModel, autocast: str) -> contextlib.AbstractContextManager:
+    if autocast == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
+    return torch.autocast(next(loaded.model.parameters()).device.type, dtype=dtype)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags of `python -m training.evaluate`."""
     parser = argparse.ArgumentParser(
@@ -165,6 +173,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)"
     )
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=("none", "bf16", "fp16"),
+        help="decode under torch.autocast with this dtype, to check what lower precision costs "
+        "in score (default: none)",
+    )
     return parser
 
 
@@ -175,11 +190,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     methods = args.methods.split(",")
     loaded = load_model(args.model)
     data = load_eval_data(loaded, args.split, args.limit, args.feature_cache)
-    results, outputs = evaluate_methods(loaded, data, methods)
+    with _precision(loaded, args.autocast):
+        results, outputs = evaluate_methods(loaded, data, methods)
     report: dict[str, Any] = {
         "kind": loaded.kind,
         "model": str(args.model),
         "split": args.split,
+        "autocast": args.autocast,
         "examples": len(data.inputs),
         "results": results,
     }
