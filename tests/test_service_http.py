@@ -343,7 +343,8 @@ def batch_counts(client) -> tuple[float, float]:
 
 def test_two_workers_both_answer_the_same(stored_models, examples, tmp_path) -> None:
     """SEQSERVE_WORKERS=2 (the default on a multi-core CPU): each worker loads the models and
-    passes its golden check, fresh connections reach both, and both answer alike."""
+    passes its golden check, fresh connections reach both, both answer alike, and with one of
+    them killed the other keeps answering while the killed one is restarted."""
     log = tmp_path / "serve.log"
     two = ServeProcess.start(Path(os.environ["BENTOML_HOME"]), log, {"SEQSERVE_WORKERS": "2"})
     try:
@@ -365,6 +366,13 @@ def test_two_workers_both_answer_the_same(stored_models, examples, tmp_path) -> 
             re.findall(r"\[entry_service:seqserve:(\d+)\][^\n]*path=/translate", log.read_text())
         )
         assert answers == {fresh(0)} and served_by == {"1", "2"}
+
+        two.worker().kill()  # SIGKILL one of the two
+        assert [fresh(i) for i in range(20)] == [fresh(0)] * 20  # all 200, from the survivor
+        deadline = time.monotonic() + 60
+        while two.log_text().count("all models ready") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert two.log_text().count("all models ready") == 3  # the replacement is back
     finally:
         two.stop()
 
