@@ -37,8 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-prefix",
         type=Path,
-        default=common.RESULTS / "gpu",
-        help="output prefix (default: bench/results/gpu)",
+        default=None,
+        help="output prefix (default: bench/results/gpu on CUDA, bench/results/gpu_smoke_<device> "
+        "elsewhere, so a CPU smoke run never takes the GPU results' names)",
     )
     return parser
 
@@ -56,7 +57,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         serving_flags += ["--service-env", "SEQSERVE_MAX_BATCH_IMAGES=128"]
         serving_flags += ["SEQSERVE_MAX_BATCH_SENTENCES=256"]
         decode_flags = ["--repeats", "5"]
-    prefix = str(args.out_prefix)
+    if args.out_prefix is not None:
+        prefix = str(args.out_prefix)
+    elif args.device.startswith("cuda"):
+        prefix = str(common.RESULTS / "gpu")
+    else:
+        prefix = str(common.RESULTS / f"gpu_smoke_{args.device.replace(':', '_')}")
     served = serving.main(
         serving.get_args_parser().parse_args(
             [*common_flags, *serving_flags, "--out", f"{prefix}_serving.json"]
