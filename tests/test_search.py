@@ -64,6 +64,11 @@ def test_alone_equals_inside_a_batch_of_mixed_lengths(
             assert a.score == pytest.approx(b.score, abs=1e-4)
 
 
+def test_special_ids_are_the_first_three() -> None:
+    """_constrain forbids PAD, START (and END) as the column slice [:2] (or [:3])."""
+    assert (PAD, START, END) == (0, 1, 2)
+
+
 def test_decoding_stops_at_end() -> None:
     stepper = ScriptedStepper(ENDS_AT_STEP_3)
     for method in ("greedy", "beam"):
