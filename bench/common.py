@@ -344,14 +344,6 @@ def simple_command(
     ]  # fmt: skip
 
 
-def precision(device: torch.device, autocast: str):  # noqa: ANN201 - a context manager
-    """bf16/fp16 autocast on `device`, or nothing for "none"."""
-    if autocast == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer sees it."""
     if device.type == "cuda":

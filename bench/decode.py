@@ -20,7 +20,7 @@ import torch
 
 from bench import common
 from models.checkpoint import LoadedModel, load_model
-from models.inference import caption_features, pad_batch, source_ids
+from models.inference import caption_features, pad_batch, precision, source_ids
 from models.search import SearchOptions, decode
 
 BATCHES = (1, 16, 64)
@@ -79,7 +79,7 @@ def decoders(
             pooled, grid = model.encoder(common.image_batch(batch, model.encoder).to(device))
 
         def caption(options: SearchOptions, rows: slice) -> object:
-            with common.precision(device, autocast):
+            with precision(device, autocast):
                 found = caption_features(model, pooled[rows], grid[rows], options)
             common.synchronize(device)
             return found
@@ -90,7 +90,7 @@ def decoders(
 
     def run(options: SearchOptions, rows: slice) -> object:
         ids, lens = pad_batch(sources[rows], device)
-        with torch.inference_mode(), common.precision(device, autocast):
+        with torch.inference_mode(), precision(device, autocast):
             found = decode(
                 model.decoder, model.init_state(ids, lens), options, model.max_lengths(lens)
             )

@@ -28,7 +28,7 @@ import torch
 
 from bench import common
 from models.checkpoint import LoadedModel, load_model
-from models.inference import caption_images, translate
+from models.inference import caption_images, precision, translate
 from models.search import SearchOptions
 
 ENDPOINTS = ("caption", "translate")
@@ -112,7 +112,7 @@ def inprocess_work(
 
         def captions(images: list[Any]) -> list[str]:
             pixels = [model.encoder.preprocess(Image.open(io.BytesIO(data))) for data in images]
-            with common.precision(device, autocast):
+            with precision(device, autocast):
                 found = caption_images(model, torch.stack(pixels).to(device), OPTIONS)
             return [words.decode(h[0].tokens) for h in found]
 
@@ -120,7 +120,7 @@ def inprocess_work(
     source, target = loaded.vocabularies["source"], loaded.vocabularies["target"]
 
     def translations(sentences: list[Any]) -> list[str]:
-        with torch.inference_mode(), common.precision(device, autocast):
+        with torch.inference_mode(), precision(device, autocast):
             found = translate(model, source, sentences, OPTIONS)
         return [target.decode(h[0].tokens) for h in found]
 
@@ -154,13 +154,8 @@ def measure_limit(
 
         def rate(placement: tuple[str, int], batch: int) -> float:
             def loop() -> float:
-                work(inputs[:batch])  # warm-up
-                done, started = 0, time.perf_counter()
-                while done < 2 * batch or time.perf_counter() - started < seconds:
-                    work([inputs[(done + i) % len(inputs)] for i in range(batch)])
-                    common.synchronize(device)
-                    done += batch
-                return done / (time.perf_counter() - started)
+                work(inputs[:batch])  # warm-up, on the placement's thread
+                return items_per_second(work, inputs, batch, seconds, device)
 
             return call(placement, loop)
 
@@ -244,11 +239,23 @@ def _parallel_worker(
     work = inprocess_work(endpoint, load_model(Path(model_dir), device), device, autocast)
     work(inputs[:batch])  # warm-up
     start.wait()
+    rates.put(items_per_second(work, inputs, batch, seconds, device))
+
+
+def items_per_second(
+    work: Callable[[list[Any]], list[str]],
+    inputs: list[Any],
+    batch: int,
+    seconds: float,
+    device: torch.device,
+) -> float:
+    """Run `work` on consecutive batches of `inputs` for `seconds` (at least two batches)."""
     done, started = 0, time.perf_counter()
     while done < 2 * batch or time.perf_counter() - started < seconds:
         work([inputs[(done + i) % len(inputs)] for i in range(batch)])
+        common.synchronize(device)
         done += batch
-    rates.put(done / (time.perf_counter() - started))
+    return done / (time.perf_counter() - started)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from bench import common
 from models.checkpoint import load_model
-from models.inference import caption_images, translate
+from models.inference import caption_images, precision, translate
 from models.search import SearchOptions
 
 OPTIONS = SearchOptions()  # the service's default request options: greedy, max_length 50
@@ -68,13 +68,13 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     @app.post("/caption")
     def caption(image: UploadFile = File(...)) -> dict[str, str]:  # noqa: B008 - FastAPI idiom
         pixels = captioner.model.encoder.preprocess(Image.open(io.BytesIO(image.file.read())))
-        with common.precision(device, args.autocast):
+        with precision(device, args.autocast):
             found = caption_images(captioner.model, pixels.unsqueeze(0).to(device), OPTIONS)
         return {"caption": words.decode(found[0][0].tokens)}
 
     @app.post("/translate")
     def translate_sentences(request: TranslateRequest) -> dict[str, list[str]]:
-        with torch.inference_mode(), common.precision(device, args.autocast):
+        with torch.inference_mode(), precision(device, args.autocast):
             found = translate(translator.model, source, request.sentences, OPTIONS)
         return {"translations": [target.decode(h[0].tokens) for h in found]}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +12,14 @@ from models.captioner import Captioner
 from models.search import Hypothesis, SearchOptions, decode
 from models.translator import Translator
 from models.vocabulary import END, PAD, Vocabulary
+
+
+def precision(device: torch.device, autocast: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on `device`, or nothing for "none" (evaluation and benchmarks)."""
+    if autocast == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def source_ids(vocabulary: Vocabulary, text: str, max_tokens: int | None = None) -> list[int]:

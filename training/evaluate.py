@@ -7,7 +7,6 @@ python -m training.evaluate --model runs/translator_default/best --baseline runs
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from models.checkpoint import LoadedModel, load_model
+from models.inference import precision
 from models.search import SearchOptions
 from training.captioning import load_caption_splits
 from training.data.loaders import load_aligned
@@ -129,13 +129,6 @@ def samples(data: EvalData, outputs: dict[str, list[str]], count: int = 8) -> li
     ]
 
 
-def _precision(loaded: LoadedModel, autocast: str) -> contextlib.AbstractContextManager:
-    if autocast == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
-    return torch.autocast(next(loaded.model.parameters()).device.type, dtype=dtype)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags of `python -m training.evaluate`."""
     parser = argparse.ArgumentParser(
@@ -190,7 +183,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     methods = args.methods.split(",")
     loaded = load_model(args.model)
     data = load_eval_data(loaded, args.split, args.limit, args.feature_cache)
-    with _precision(loaded, args.autocast):
+    with precision(next(loaded.model.parameters()).device, args.autocast):
         results, outputs = evaluate_methods(loaded, data, methods)
     report: dict[str, Any] = {
         "kind": loaded.kind,
