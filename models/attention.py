@@ -76,3 +76,13 @@ def build_attention(
     if kind == "multiplicative":
         return MultiplicativeAttention(query_size, memory_size)
     raise ValueError(f"attention must be none, additive or multiplicative, got {kind!r}")
+
+
+def doubly_stochastic_penalty(weights: Tensor, steps: Tensor) -> Tensor:
+    """Show, Attend and Tell's regulariser: sum over positions of (1 - attention received)^2.
+
+    weights (B, T, S) of every decoding step, steps (B, T) true at real (non-PAD) steps.
+    Pushes the model to look at every grid cell about once over a caption; mean over the batch.
+    """
+    received = (weights * steps.unsqueeze(-1).to(weights.dtype)).sum(dim=1)  # (B, S)
+    return ((1.0 - received) ** 2).sum(dim=-1).mean()

@@ -21,6 +21,9 @@ class DecoderConfig:
     `inject_context` also feeds it with every input token (the W_ih injection).
     `attention` attends over a memory grid (feature grid or encoder outputs) with the current
     top hidden state as the query, Luong style: the output layer sees tanh(W[h; context]).
+    `attention_input` attends *before* each step instead, with the previous top hidden state as
+    the query, and feeds the gated context beta * z into the recurrent input (Show, Attend and
+    Tell, Xu et al. 2015: beta = sigmoid(w^T h)); the output layer still sees [h; z].
     """
 
     vocab_size: int
@@ -36,10 +39,13 @@ class DecoderConfig:
     init_from_context: bool = True
     inject_context: bool = False
     learned_init: bool = False
+    attention_input: bool = False
 
     def __post_init__(self) -> None:
         if self.attention != "none" and self.memory_size <= 0:
             raise ValueError("attention needs memory_size > 0")
+        if self.attention_input and self.attention == "none":
+            raise ValueError("attention_input needs an attention type (additive or multiplicative)")
         if (self.init_from_context or self.inject_context) and self.context_size <= 0:
             object.__setattr__(self, "init_from_context", False)
             object.__setattr__(self, "inject_context", False)
@@ -94,9 +100,10 @@ class RecurrentDecoder(nn.Module):
         c = config
         self.embedding = nn.Embedding(c.vocab_size, c.embed_size, padding_idx=PAD)
         inject = c.embed_size if c.inject_context else 0
+        attended = c.memory_size if c.attention_input else 0
         self.rnn = RecurrentCore(
             RecurrentConfig(
-                c.embed_size + inject,
+                c.embed_size + inject + attended,
                 c.hidden_size,
                 c.cell,
                 c.num_layers,
@@ -119,6 +126,7 @@ class RecurrentDecoder(nn.Module):
             if self.attention is not None
             else None
         )
+        self.gate = nn.Linear(c.hidden_size, 1) if c.attention_input else None
         self.dropout = nn.Dropout(c.dropout)
         self.output = nn.Linear(c.hidden_size, c.vocab_size)
 
@@ -160,16 +168,39 @@ class RecurrentDecoder(nn.Module):
             x = torch.cat(
                 [x, state.static["inject"].unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1
             )
-        hidden, recurrent = self.rnn(x, state.recurrent)  # (B, T, H)
-        weights = None
-        if self.attention is not None:
-            s = state.static
-            context, weights = self.attention(
-                hidden, s["keys"], s["memory"], s["mask"]
-            )  # (B, T, M)
+        if self.gate is not None:
+            hidden, recurrent, context, weights = self._attend_then_step(x, state)
+        else:
+            hidden, recurrent = self.rnn(x, state.recurrent)  # (B, T, H)
+            context = weights = None
+            if self.attention is not None:
+                s = state.static
+                context, weights = self.attention(
+                    hidden, s["keys"], s["memory"], s["mask"]
+                )  # (B, T, M), (B, T, S)
+        if context is not None:
             hidden = torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))  # (B, T, H)
         logits = self.output(self.dropout(hidden))  # (B, T, V)
         return logits, replace(state, recurrent=recurrent, attention=None), weights
+
+    def _attend_then_step(
+        self, x: Tensor, state: DecoderState
+    ) -> tuple[Tensor, RecurrentState, Tensor, Tensor]:
+        """Show, Attend and Tell over inputs x (B, T, I): each step's query is the previous top
+        hidden state, so the steps run one at a time. Returns hidden (B, T, H), the final state,
+        contexts (B, T, M) and weights (B, T, S)."""
+        s = state.static
+        recurrent = state.recurrent
+        hidden, contexts, weights = [], [], []
+        for t in range(x.size(1)):
+            query = recurrent["h"][:, -1:]  # (B, 1, H): top layer
+            context, weight = self.attention(query, s["keys"], s["memory"], s["mask"])
+            gated = torch.sigmoid(self.gate(query)) * context  # (B, 1, M)
+            out, recurrent = self.rnn(torch.cat([x[:, t : t + 1], gated], dim=-1), recurrent)
+            hidden.append(out)
+            contexts.append(context)
+            weights.append(weight)
+        return torch.cat(hidden, 1), recurrent, torch.cat(contexts, 1), torch.cat(weights, 1)
 
     def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """One decoding step: prev_tokens (N,) -> log-probabilities (N, V) and the next state."""

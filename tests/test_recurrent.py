@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.attention import doubly_stochastic_penalty
 from models.decoders import DecoderConfig, Memory, RecurrentDecoder
 from models.recurrent import RecurrentConfig, RecurrentCore
 
@@ -54,12 +55,26 @@ def test_one_step_by_cells_equals_the_full_layer(cell: str, layers: int) -> None
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("attention", ["none", "additive", "multiplicative"])
-def test_stepping_equals_teacher_forcing(cell: str, attention: str) -> None:
+@pytest.mark.parametrize(
+    ("attention", "attention_input"),
+    [("none", False), ("additive", False), ("multiplicative", False), ("additive", True)],
+)
+def test_stepping_equals_teacher_forcing(cell: str, attention: str, attention_input: bool) -> None:
     """step() one token at a time gives the same log-probs as one teacher-forced pass."""
     torch.manual_seed(0)
     config = DecoderConfig(
-        11, 6, 8, cell, 2, 0.0, attention, 5, memory_size=7, context_size=7, inject_context=True
+        11,
+        6,
+        8,
+        cell,
+        2,
+        0.0,
+        attention,
+        5,
+        memory_size=7,
+        context_size=7,
+        inject_context=True,
+        attention_input=attention_input,
     )
     decoder = RecurrentDecoder(config).eval()
     memory = Memory(
@@ -89,3 +104,36 @@ def test_attention_ignores_padded_memory() -> None:
     b, s2 = decoder.step(torch.tensor([1]), decoder.init_state(Memory(context, changed, mask)))
     torch.testing.assert_close(a, b)
     assert s1.attention[0, 2] == 0 and torch.isclose(s1.attention.sum(), torch.tensor(1.0))
+
+
+def test_show_attend_tell_context_enters_the_recurrent_input() -> None:
+    """With attention_input the memory changes the hidden state itself, not only the output."""
+    torch.manual_seed(0)
+    config = DecoderConfig(
+        9,
+        4,
+        6,
+        "lstm",
+        attention="additive",
+        memory_size=5,
+        context_size=5,
+        init_from_context=False,
+        attention_input=True,
+    )
+    decoder = RecurrentDecoder(config).eval()
+    context, mask = torch.zeros(1, 5), torch.ones(1, 3, dtype=torch.bool)
+    states = [
+        decoder.step(torch.tensor([1]), decoder.init_state(Memory(context, grid, mask)))[1]
+        for grid in (torch.zeros(1, 3, 5), torch.randn(1, 3, 5))
+    ]
+    assert not torch.allclose(states[0].recurrent["h"], states[1].recurrent["h"])
+
+
+def test_doubly_stochastic_penalty() -> None:
+    """Zero when every position gets exactly one unit of attention over the real steps."""
+    eye = torch.eye(3).unsqueeze(0)  # (1, T=3, S=3): step t looks only at position t
+    assert doubly_stochastic_penalty(eye, torch.ones(1, 3, dtype=torch.bool)).item() == 0.0
+    one_step = torch.tensor([[True, False, False]])  # only the first step is real
+    assert doubly_stochastic_penalty(eye, one_step).item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="attention_input needs"):
+        DecoderConfig(9, attention_input=True)

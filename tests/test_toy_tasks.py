@@ -120,7 +120,7 @@ def _stripe_images(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention", ["additive", "none"])
+@pytest.mark.parametrize("attention", ["additive", "none", "show-attend-tell"])
 def test_captioner_learns_to_name_stripes(attention: str) -> None:
     torch.manual_seed(0)
     vocabulary, generator = toy_vocabulary(), torch.Generator().manual_seed(0)
@@ -131,7 +131,8 @@ def test_captioner_learns_to_name_stripes(attention: str) -> None:
         embed_size=16,
         hidden_size=64,
         dropout=0.0,
-        attention=attention,
+        attention="additive" if attention == "show-attend-tell" else attention,
+        attention_input=attention == "show-attend-tell",
         inject_context=attention == "none",
     )
     model = Captioner(config, pretrained=False)
