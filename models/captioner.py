@@ -7,16 +7,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models.confidence import Uncertainty
 from models.decoders import DecoderConfig, DecoderState, Memory, RecurrentDecoder
 from models.encoders import ImageEncoder, ImageEncoderConfig
 
 
 @dataclass(frozen=True)
 class CaptionerConfig:
-    """A captioner is its image encoder and its decoder; the decoder's sizes follow the encoder."""
+    """A captioner is its image encoder and its decoder; the decoder's sizes follow the encoder.
+
+    `uncertainty_components` > 0 adds the fitted confidence calibration and feature distribution
+    (models/confidence.py) to the weights; 0 for models trained before they existed.
+    """
 
     encoder: ImageEncoderConfig
     decoder: DecoderConfig
+    uncertainty_components: int = 0
 
     @classmethod
     def create(
@@ -38,6 +44,11 @@ class Captioner(nn.Module):
         self.encoder = ImageEncoder(config.encoder, pretrained=pretrained)
         self.feature_norm = nn.LayerNorm(config.encoder.feature_size)
         self.decoder = RecurrentDecoder(config.decoder)
+        self.uncertainty = (
+            Uncertainty(config.encoder.feature_size, config.uncertainty_components)
+            if config.uncertainty_components
+            else None
+        )
 
     def memory_from_features(self, pooled: Tensor, grid: Tensor) -> Memory:
         """Encoder features (B, D), (B, S, D) -> decoder memory (the entry point for cached features)."""
@@ -55,6 +66,14 @@ class Captioner(nn.Module):
         """Teacher forcing: tokens (B, T) starting with START -> logits (B, T, V)."""
         logits, _, _ = self.decoder(tokens, self.decoder.init_state(memory))
         return logits
+
+    def assess(self, pooled: Tensor, mean_log_probs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Confidence (B,) and out-of-domain flags (B,) for captions of images with pooled
+        features (B, D) and mean token log-probabilities (B,). Without a fitted Uncertainty the
+        confidence is the uncalibrated geometric mean token probability and there are no flags."""
+        if self.uncertainty is None:
+            return mean_log_probs.exp(), None
+        return self.uncertainty.confidence(mean_log_probs), self.uncertainty.out_of_domain(pooled)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
