@@ -1,1 +1,1 @@
-"""The BentoML service: HTTP endpoints for the captioner and the translator (no training code here)."""
+"""The BentoML service: HTTP APIs for the captioner, the translator and the char LM (no training code)."""

@@ -32,7 +32,7 @@ class ServedModel:
     kind: str  # "captioner" | "translator" | "char_lm"
     model: nn.Module
     target: Vocabulary
-    source: Vocabulary | None
+    source: Vocabulary | None  # a translator's; None for models that read no text
     path: Path
     golden: dict[str, Any]
     scores: dict[str, Any] = field(default_factory=dict)
@@ -55,14 +55,16 @@ class ServedModel:
                 "target": len(self.target),
                 **({"source": len(self.source)} if self.source is not None else {}),
             },
-            "image_encoder": config.encoder.backbone if self.kind == "captioner" else None,
+            # an image encoder's backbone; text encoders and char LMs have none
+            "image_encoder": getattr(getattr(config, "encoder", None), "backbone", None),
             "precision": "bf16-autocast" if self.autocast else "fp32",
             "scores": self.scores,
         }
 
 
-def load_served_model(name: str, kind: str, device: torch.device) -> ServedModel:
-    """Load `name:latest` from the store (checksums verified: ChecksumError on a mismatch)."""
+def load_served_model(name: str, kind: str, with_source: bool, device: torch.device) -> ServedModel:
+    """Load `name:latest` from the store (checksums verified: ChecksumError on a mismatch); a
+    source vocabulary as well `with_source`."""
     import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
 
     try:
@@ -87,9 +89,7 @@ def load_served_model(name: str, kind: str, device: torch.device) -> ServedModel
         model=loaded.model,
         target=_vocabulary(loaded.vocabularies, TARGET_NAMES, str(stored.tag)),
         source=(
-            _vocabulary(loaded.vocabularies, SOURCE_NAMES, str(stored.tag))
-            if kind == "translator"
-            else None
+            _vocabulary(loaded.vocabularies, SOURCE_NAMES, str(stored.tag)) if with_source else None
         ),
         path=path,
         golden=json.loads(golden_path.read_text(encoding="utf-8")),

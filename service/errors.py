@@ -1,8 +1,15 @@
-"""The one error shape every failed request gets: {"error": {"code", "message", "field"}}."""
+"""The one error type and the one JSON shape every refused request gets: {"error": {...}}.
+
+`RequestError` is raised by the API methods' tasks, the guard middleware and the batch queue;
+`error_body` renders it, and `ERROR_SCHEMA` is that rendering as the OpenAPI document states it.
+BentoML's own error bodies (pydantic details, JSON arrays, plain text) are turned into a
+`RequestError` by `rewrite_error`, so they come out of the same renderer.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -12,6 +19,18 @@ from starlette.responses import JSONResponse
 logger = logging.getLogger("bentoml.seqserve")
 P = ParamSpec("P")
 R = TypeVar("R")
+INTERNAL_MESSAGE = "unexpected error; see the server log"
+# the codes of statuses BentoML answers itself, when its body does not carry ours
+_CODES = {
+    400: "invalid_argument",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 class RequestError(Exception):
@@ -25,14 +44,48 @@ class RequestError(Exception):
         code: str = "invalid_argument",
         status: int = 400,
         headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.field, self.code, self.status = message, field, code, status
         self.headers = headers or {}
+        self.details = details or []
 
     def response(self) -> JSONResponse:
-        """This error as an HTTP response."""
-        return error_response(self.status, self.code, self.message, self.field, self.headers)
+        """This error as an HTTP response (also an ASGI app, which the guard sends as it is)."""
+        return JSONResponse(error_body(self), status_code=self.status, headers=self.headers)
+
+
+def error_body(error: RequestError) -> dict[str, Any]:
+    """The JSON body of every error answer; `details` only when there is more than one problem."""
+    body: dict[str, Any] = {"code": error.code, "message": error.message, "field": error.field}
+    if error.details:
+        body["details"] = error.details
+    return {"error": body}
+
+
+_DETAIL = {
+    "type": "object",
+    "required": ["field", "message"],
+    "properties": {"field": {"type": "string", "nullable": True}, "message": {"type": "string"}},
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every refused request: one error with a machine-readable code",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {
+                "code": {"type": "string", "example": "invalid_argument"},
+                "message": {"type": "string"},
+                "field": {"type": "string", "nullable": True, "example": "options.beam_size"},
+                "details": {"type": "array", "items": _DETAIL},
+            },
+        }
+    },
+}
 
 
 def not_ready(reason: str) -> RequestError:
@@ -41,6 +94,11 @@ def not_ready(reason: str) -> RequestError:
 
 def overloaded(reason: str) -> RequestError:
     return RequestError(reason, code="overloaded", status=503, headers={"Retry-After": "1"})
+
+
+def internal_error(status: int = 500) -> RequestError:
+    """A bug: answered without details, which stay in the server log."""
+    return RequestError(INTERNAL_MESSAGE, code="internal", status=status)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -53,29 +111,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def error_body(
-    code: str, message: str, field: str | None = None, details: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """The JSON body of every error answer."""
-    error: dict[str, Any] = {"code": code, "message": message, "field": field}
-    if details:
-        error["details"] = details
-    return {"error": error}
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
-
-
 def answers_errors(api: Callable[P, R]) -> Callable[P, R]:
-    """Turn RequestError (and running out of memory) raised by an API body into the JSON error
-    shape.
+    """Turn RequestError (and running out of memory) raised by an API body into its response.
 
     Anything else is a bug: it is logged with its traceback and answered as a bare 500 without
     details, so no stack trace or file path reaches the client.
@@ -92,7 +129,7 @@ def answers_errors(api: Callable[P, R]) -> Callable[P, R]:
                 logger.warning("out of memory while answering %s: %s", api.__name__, error)
                 return overloaded("out of memory; retry later").response()  # type: ignore[return-value]
             logger.exception("unexpected error while answering %s", api.__name__)
-            return error_response(500, "internal", "unexpected error; see the server log")  # type: ignore[return-value]
+            return internal_error().response()  # type: ignore[return-value]
 
     return wrapper
 
@@ -110,3 +147,84 @@ class QuietValidationErrors(logging.Filter):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg = f"{record.msg}: invalid input, answered 400"
         return True
+
+
+# -- BentoML's error bodies -> ours ---------------------------------------------------------
+
+
+def rewrite_error(status: int, raw: bytes, schema: dict[str, Any]) -> dict[str, Any]:
+    """An error body BentoML wrote, in the one shape; bodies already in it pass unchanged."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    code = _CODES.get(status, "internal" if status >= 500 else "invalid_argument")
+    if status >= 500 and code == "internal":
+        return error_body(internal_error(status))
+    if isinstance(body, dict) and isinstance(body.get("detail"), list) and body["detail"]:
+        return error_body(validation_error(body["detail"], schema))
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # BentoMLException: [{"error": message}]
+    message = body.get("error") if isinstance(body, dict) else None
+    return error_body(
+        RequestError(str(message or f"request failed with HTTP {status}"), code=code, status=status)
+    )
+
+
+def validation_error(details: list[dict[str, Any]], schema: dict[str, Any]) -> RequestError:
+    """Pydantic error details -> one RequestError; each message names its field and allowed values."""
+    found = []
+    for detail in details:
+        loc = [part for part in detail.get("loc", []) if part != "body"]
+        field = field_name(loc)
+        message = str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
+        allowed = allowed_values(schema, loc)
+        if allowed:
+            message += f" (allowed: {allowed})"
+        found.append({"field": field, "message": f"{field}: {message}" if field else message})
+    first = found[0]
+    return RequestError(first["message"], first["field"], details=found if len(found) > 1 else None)
+
+
+def field_name(loc: list[str | int]) -> str | None:
+    """("options", "beam_size") -> "options.beam_size"; ("sentences", 3) -> "sentences[3]"."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
+
+
+def allowed_values(schema: dict[str, Any], loc: list[str | int]) -> str | None:
+    """The bounds the input JSON schema gives the field at `loc`, in words."""
+    node: dict[str, Any] | None = schema
+    for part in loc:
+        node = _resolve(schema, node)
+        if node is None:
+            return None
+        node = node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part)
+    node = _resolve(schema, node)
+    if node is None:
+        return None
+    for low, high, unit in (
+        ("minimum", "maximum", ""),
+        ("minLength", "maxLength", " characters"),
+        ("minItems", "maxItems", " items"),
+    ):
+        if low in node or high in node:
+            return f"{node.get(low, 'any')} to {node.get(high, 'any')}{unit}"
+    return None
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Follow $ref and pick the non-null branch of Optional fields."""
+    while isinstance(node, dict):
+        if "$ref" in node:
+            node = schema.get("$defs", {}).get(node["$ref"].rsplit("/", 1)[-1])
+        elif "anyOf" in node:
+            branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+            node = branches[0] if len(branches) == 1 else None
+        else:
+            return node
+    return None

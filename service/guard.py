@@ -12,8 +12,7 @@ from typing import IO, Any
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from service.envelope import rewrite_error
-from service.errors import error_body
+from service.errors import RequestError, rewrite_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,12 +35,6 @@ class RouteRule:
     schema: dict[str, Any]  # the route's input JSON schema, to state allowed ranges in errors
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-
 class RequestGuard:
     """Checks a request to an API route before BentoML parses it; other paths pass untouched.
 
@@ -60,19 +53,26 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if scope.get("method") != "POST":
-            await _respond(send, 405, "method_not_allowed", "use POST", None, [(b"allow", b"POST")])
+            refused = RequestError(
+                "use POST", code="method_not_allowed", status=405, headers={"Allow": "POST"}
+            )
+            await refused.response()(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
-            await _respond(
-                send, 429, "too_many_requests", "too many requests in flight; retry", None
+            refused = RequestError(
+                "too many requests in flight; retry",
+                code="too_many_requests",
+                status=429,
+                headers={"Retry-After": "1"},
             )
+            await refused.response()(scope, receive, send)
             return
         self.in_flight += 1
         try:
             try:
                 body = await self._checked_body(scope, receive, rule)
-            except _Refused as refused:
-                await _respond(send, refused.status, refused.code, refused.message, refused.field)
+            except RequestError as refused:
+                await refused.response()(scope, receive, send)
                 return
             if body is None:  # the client disconnected
                 return
@@ -87,11 +87,11 @@ class RequestGuard:
         headers = Headers(scope=scope)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in rule.media_types:
-            raise _Refused(
-                415,
-                "unsupported_media_type",
+            raise RequestError(
                 f"Content-Type {media_type or '(none)'!r} is not accepted here; send "
                 f"{' or '.join(sorted(rule.media_types))}",
+                code="unsupported_media_type",
+                status=415,
             )
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > rule.max_bytes):
@@ -100,7 +100,7 @@ class RequestGuard:
         if body is not None and media_type == "multipart/form-data":
             try:
                 await _check_form(headers, body, rule)
-            except _Refused:
+            except RequestError:
                 body.close()
                 raise
         return body
@@ -126,9 +126,11 @@ async def _read_body(receive: Receive, rule: RouteRule) -> IO[bytes] | None:
             return body
 
 
-def _too_large(rule: RouteRule) -> _Refused:
-    return _Refused(
-        413, "payload_too_large", f"request body is larger than {rule.max_bytes:,} bytes"
+def _too_large(rule: RouteRule) -> RequestError:
+    return RequestError(
+        f"request body is larger than {rule.max_bytes:,} bytes",
+        code="payload_too_large",
+        status=413,
     )
 
 
@@ -143,27 +145,20 @@ async def _check_form(headers: Headers, body: IO[bytes], rule: RouteRule) -> Non
         form = await MultiPartParser(headers, stream()).parse()
     except Exception as error:
         message = getattr(error, "message", "") or "malformed multipart body"
-        raise _Refused(
-            400, "invalid_argument", f"malformed multipart/form-data: {message}"
-        ) from None
+        raise RequestError(f"malformed multipart/form-data: {message}") from None
     try:
         for name, value in form.multi_items():
             if name in rule.file_fields and not isinstance(value, UploadFile):
-                raise _Refused(
-                    400,
-                    "invalid_image",
+                raise RequestError(
                     f"{name} must be uploaded as a file (multipart file part); URLs and text "
                     "are not accepted and never fetched",
                     name,
+                    code="invalid_image",
                 )
             if name not in rule.file_fields and isinstance(value, UploadFile):
-                raise _Refused(
-                    400, "invalid_argument", f"{name} must be a text field, not a file", name
-                )
+                raise RequestError(f"{name} must be a text field, not a file", name)
             if isinstance(value, str) and _json_depth(value) > MAX_FORM_JSON_DEPTH:
-                raise _Refused(
-                    400, "invalid_argument", f"{name} nests deeper than {MAX_FORM_JSON_DEPTH}", name
-                )
+                raise RequestError(f"{name} nests deeper than {MAX_FORM_JSON_DEPTH}", name)
     finally:
         await form.close()
         body.seek(0)
@@ -239,20 +234,3 @@ def _error_rewriter(send: Send, schema: dict[str, Any]) -> Send:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return rewriting
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    field: str | None,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = json.dumps(error_body(code, message, field)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += extra_headers or []
-    if status in (429, 503):
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

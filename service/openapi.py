@@ -1,7 +1,7 @@
 """The published OpenAPI document (/docs.json), corrected to say what the service really answers.
 
 BentoML documents every API's errors as `{"error": "<text>"}` with statuses 400, 404 and 500;
-the service answers one JSON shape (service/errors.py) with the statuses listed in
+the service answers one JSON shape (`service.errors.ERROR_SCHEMA`) with the statuses listed in
 docs/service.md. Clients generated from the document, and schema checkers such as
 schemathesis, would otherwise reject every real error answer.
 """
@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from service.errors import ERROR_SCHEMA
 from service.guard import ASGIApp, Message, Receive, Scope, Send
 
 DOCUMENT_PATH = "/docs.json"
@@ -27,28 +28,6 @@ API_ERRORS = {
     "504": "No answer within the request time limit",
 }
 PROBE_ERRORS = {"503": "Not ready (still loading, or a model failed its checks) or not alive"}
-_DETAIL = {
-    "type": "object",
-    "required": ["field", "message"],
-    "properties": {"field": {"type": "string", "nullable": True}, "message": {"type": "string"}},
-}
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": "Every refused request: one error with a machine-readable code",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "field"],
-            "properties": {
-                "code": {"type": "string", "example": "invalid_argument"},
-                "message": {"type": "string"},
-                "field": {"type": "string", "nullable": True, "example": "options.beam_size"},
-                "details": {"type": "array", "items": _DETAIL},
-            },
-        }
-    },
-}
 
 
 def corrected_document(document: dict[str, Any], api_paths: Iterable[str]) -> dict[str, Any]:

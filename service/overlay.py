@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -28,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.envelope import rewrite_error
-from service.errors import RequestError, answers_errors
+from service.errors import RequestError, answers_errors, validation_error
 from service.guard import RequestGuard, RouteRule
 from service.images import decode_image
 from service.schemas import DecodingOptions
@@ -86,11 +83,10 @@ def overlay_form(fields: dict[str, str]) -> OverlayForm:
     try:
         return OverlayForm.model_validate(values)
     except ValidationError as error:
-        # the same words and allowed ranges as every other endpoint's validation errors
+        # the same words and allowed ranges as every other endpoint's validation errors; the
+        # first problem only
         details = error.errors(include_url=False, include_context=False, include_input=False)
-        schema = OverlayForm.model_json_schema()
-        body = rewrite_error(400, json.dumps({"detail": details}).encode(), schema)["error"]
-        raise RequestError(body["message"], body["field"]) from None
+        raise validation_error(details[:1], OverlayForm.model_json_schema()) from None
 
 
 @answers_errors
@@ -99,17 +95,12 @@ def answer_overlay(data: bytes | None, fields: dict[str, str]) -> Response:
     if data is None:
         raise RequestError("image: an image file is required (multipart file part)", "image")
     form = overlay_form(fields)
-    service = bentoml.get_current_service()
+    captions = bentoml.get_current_service().captions  # service.tasks.caption.CaptionTask
     options = form.options.model_copy(update={"return_attention": True})
-    with tempfile.TemporaryDirectory(prefix="seqserve-overlay-") as folder:
-        path = Path(folder) / "image"
-        path.write_bytes(data)
-        (found,), tag = service.endpoints.caption_files([path], ["image"], options)
+    (found,), tag = captions.captions([data], ["image"], options)
     alternative = _pick(found.alternatives, form.alternative, "alternative")
     token = _pick(alternative.tokens, form.token, "token")
-    picture = render_overlay(
-        decode_image(data, service.runtime.image_limits), token.attention, form.size
-    )
+    picture = render_overlay(decode_image(data, captions.image_limits), token.attention, form.size)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     headers = {"X-Caption": quote(alternative.text), "X-Token": quote(token.token), "X-Model": tag}

@@ -1,4 +1,4 @@
-"""The BentoML service: captioner and translator in one process, so one GPU serves both.
+"""The BentoML service: captioner, translator and char LM in one process, so one GPU serves all.
 
 `bentoml serve service.service:SeqServe`. The parent process imports this module too, so
 nothing here imports torch or loads a model; the worker does both in `__init__`.
@@ -7,7 +7,6 @@ nothing here imports torch or loads a model; the worker does both in `__init__`.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,23 +62,26 @@ Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_BATCH_IMAGES)]
     resources={"gpu": SETTINGS.gpus} if SETTINGS.gpus else {},
 )
 class SeqServe:
-    """Image captioning and translation with recurrent sequence models."""
+    """Image captioning, translation and a character LM, with recurrent sequence models."""
 
-    # declared for `bentoml build`, which packs them into the bento; loaded by the Runtime
+    # declared for `bentoml build`, which packs them into the bento; loaded by the tasks
     captioner_model = bentoml.models.BentoModel(f"{SETTINGS.captioner}:latest")
     translator_model = bentoml.models.BentoModel(f"{SETTINGS.translator_names[0]}:latest")
 
     def __init__(self) -> None:
-        # imported here: torch (3 s, 500 MB) loads in the serving worker, not the parent process
-        from service.endpoints import Endpoints
-        from service.language import LanguageEndpoints
+        # imported here: torch loads in the serving worker, never in BentoML's parent process
         from service.runtime import Runtime
+        from service.tasks import start_tasks
+        from service.tasks.caption import CaptionTask
+        from service.tasks.language_model import LanguageModelTask
+        from service.tasks.translate import TranslateTask
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietValidationErrors())
         self.runtime = Runtime(SETTINGS)
-        self.endpoints = Endpoints(self.runtime)
-        self.language = LanguageEndpoints(self.runtime)
-        self.runtime.start()  # loads in the background: /livez answers, /readyz waits
+        self.captions = CaptionTask(self.runtime)
+        self.translations = TranslateTask(self.runtime)
+        self.language = LanguageModelTask(self.runtime)
+        start_tasks(self.runtime, [self.captions, self.translations, self.language])
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
@@ -91,9 +93,7 @@ class SeqServe:
     @answers_errors
     def caption(self, image: Path, options: DecodingOptions = DEFAULT_OPTIONS) -> CaptionResponse:
         """Caption one image: a multipart file upload (JPEG, PNG, WebP, GIF first frame, BMP)."""
-        started = time.perf_counter()
-        (found,), tag = self.endpoints.caption_files([image], ["image"], options)
-        return CaptionResponse(**dict(found), model=tag, time_ms=_ms_since(started))
+        return self.captions.caption(image, options)
 
     @bentoml.api(route="/caption_batch")
     @answers_errors
@@ -101,10 +101,7 @@ class SeqServe:
         self, images: Images, options: DecodingOptions = DEFAULT_OPTIONS
     ) -> CaptionBatchResponse:
         """Caption up to 8 images uploaded as repeated `images` file parts, in order."""
-        started = time.perf_counter()
-        fields = [f"images[{i}]" for i in range(len(images))]
-        found, tag = self.endpoints.caption_files(images, fields, options)
-        return CaptionBatchResponse(captions=found, model=tag, time_ms=_ms_since(started))
+        return self.captions.caption_batch(images, options)
 
     @bentoml.api(route="/translate")
     @answers_errors
@@ -115,9 +112,7 @@ class SeqServe:
         model: ModelName | None = None,
     ) -> TranslateResponse:
         """Translate up to 32 sentences, in order; `model` picks a translator by name or tag."""
-        started = time.perf_counter()
-        found, tag = self.endpoints.translate_sentences(sentences, options, model)
-        return TranslateResponse(translations=found, model=tag, time_ms=_ms_since(started))
+        return self.translations.translate(sentences, options, model)
 
     @bentoml.api(route="/generate")
     @answers_errors
@@ -132,13 +127,7 @@ class SeqServe:
         beam_size: LMBeamSize = 5,
     ) -> GenerateResponse:
         """Continue `text` (empty: a new text) by `length` characters with the char LM."""
-        started = time.perf_counter()
-        found, log_prob, tag = self.language.generate(
-            text, decoding, length, temperature, top_k, seed, beam_size
-        )
-        return GenerateResponse(
-            seed_text=text, text=found, log_prob=log_prob, model=tag, time_ms=_ms_since(started)
-        )
+        return self.language.generate(text, length, decoding, temperature, top_k, seed, beam_size)
 
     @bentoml.api(route="/inspect")
     @answers_errors
@@ -150,19 +139,7 @@ class SeqServe:
         top: TopUnits = 5,
     ) -> InspectResponse:
         """The char LM's units over `text`: the named `units`, or the `top` tracking `property`."""
-        started = time.perf_counter()
-        characters, traces, tag = self.language.inspect(text, units, property, top)
-        return InspectResponse(
-            characters=characters,
-            property=property or "",
-            units=traces,
-            model=tag,
-            time_ms=_ms_since(started),
-        )
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+        return self.language.inspect(text, units, property, top)
 
 
 async def _model_info(_: Request) -> JSONResponse:

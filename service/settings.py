@@ -17,7 +17,7 @@ class Settings:
     translators: str = "translator"  # comma-separated; the first is the default
     language_model: str = "charlm"  # optional: served when in the store; "" turns it off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    access_log: bool = True  # BentoML's log line per request (about 5% of CPU throughput)
+    access_log: bool = True  # BentoML's log line per request; costs CPU under load
     workers: int = 0  # serving processes, each with its own models and batch queue; 0: auto
     torch_threads: int = 0  # per worker; 0: its share of the CPUs, less one for requests
     api_threads: int = 64  # BentoML threads: requests being decoded or waiting on a batch
@@ -53,8 +53,8 @@ class Settings:
     def worker_count(self) -> int:
         """WORKERS, or when 0: one process on a GPU (one batch queue feeds it best), else two
         on a host with two or more CPUs. One Python process spends most of a core holding the
-        GIL (HTTP, batching, the search loop), so on 2 cores one worker used about one core; two
-        workers carried 1.4x the captions and 1.3x the translations (docs/service.md)."""
+        GIL (HTTP, batching, the search loop), so one worker leaves a second core mostly idle
+        (measurements in docs/service.md)."""
         if self.workers > 0:
             return self.workers
         if self.device.startswith("cuda") or (

@@ -16,13 +16,12 @@ from PIL import Image
 from pydantic import ValidationError
 
 from service.batching import Batcher
-from service.endpoints import search_options
-from service.envelope import allowed_values, field_name, rewrite_error
-from service.errors import RequestError
+from service.errors import RequestError, allowed_values, field_name, rewrite_error
 from service.images import ImageLimits, decode_image, limit_aspect_ratio, sniff_format
 from service.runtime import default_torch_threads
 from service.schemas import DecodingOptions
 from service.settings import Settings
+from service.tasks.decoding import search_options
 
 LIMITS = ImageLimits(max_pixels=1_000_000, max_aspect_ratio=4.0)
 
@@ -279,13 +278,17 @@ def copy_into_store(name: str, source_tag: str, edit) -> None:
 
 
 def loaded_runtime(**settings: str):
+    """A Runtime with the three tasks' models loaded as the service loads them (synchronously)."""
     from service.runtime import Runtime
+    from service.tasks import load_models
+    from service.tasks.caption import CaptionTask
+    from service.tasks.language_model import LanguageModelTask
+    from service.tasks.translate import TranslateTask
 
     runtime = Runtime(Settings(torch_threads=1, **settings))  # keep the tests' one thread
-    runtime.start()
-    deadline = time.monotonic() + 60
-    while runtime.state == "loading" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    runtime.batcher.start()
+    tasks = [CaptionTask(runtime), TranslateTask(runtime), LanguageModelTask(runtime)]
+    load_models(runtime, tasks)
     runtime.batcher.stop()
     return runtime
 
@@ -338,14 +341,14 @@ def test_a_missing_model_names_what_to_do(stored_models, caplog) -> None:
 def test_without_a_language_model_the_service_is_ready_and_the_lm_answers_404(
     stored_models,
 ) -> None:
-    from service.language import served_language_model
+    from service.tasks.language_model import served_language_model
 
     for name in ("no-such-lm", ""):  # not in the store; switched off
         runtime = loaded_runtime(language_model=name)
         assert runtime.state == "ready", runtime.problem
         assert stored_models.language_model not in [m["tag"] for m in runtime.info()["models"]]
         with pytest.raises(RequestError) as caught:  # the batcher is stopped: ask directly
-            served_language_model(runtime.models, runtime.settings)
+            served_language_model(runtime.models, runtime.settings.language_model)
         assert (caught.value.status, caught.value.code) == (404, "model_not_installed")
         assert "make import-models" in caught.value.message
 
@@ -368,7 +371,7 @@ def test_a_language_model_with_a_wrong_golden_keeps_the_service_not_ready(
 
 
 def test_attention_grids_follow_the_feature_map() -> None:
-    from service.results import grid_rows
+    from service.tasks.caption import grid_rows
 
     grid = grid_rows(torch.full((2, 49), 1 / 49))
     assert len(grid) == 2 and len(grid[0]) == 7 and len(grid[0][0]) == 7
@@ -381,7 +384,7 @@ def test_requests_before_ready_answer_503_not_ready() -> None:
 
     runtime = Runtime(Settings(torch_threads=1))  # never started: still loading
     with pytest.raises(RequestError) as caught:
-        runtime.captioner()
+        runtime.ready_models()
     assert (caught.value.status, caught.value.code) == (503, "not_ready")
 
 

@@ -1,0 +1,167 @@
+"""Captioning: uploaded images -> decoded, preprocessed, batched through the captioner -> captions.
+
+Serves POST /caption and /caption_batch, and the caption that /caption_overlay draws.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from models.inference import caption_features
+from models.search import Hypothesis, SearchOptions
+from models.vocabulary import Vocabulary
+from service.artifacts import ServedModel
+from service.errors import RequestError
+from service.images import ImageLimits, decode_image
+from service.runtime import BatchFamily, Runtime
+from service.schemas import (
+    Caption,
+    CaptionAlternative,
+    CaptionBatchResponse,
+    CaptionResponse,
+    CaptionToken,
+    DecodingOptions,
+)
+from service.tasks.decoding import (
+    attention_weights,
+    by_options,
+    check_attention,
+    ms_since,
+    scored_tokens,
+    search_options,
+    summary,
+)
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    """One image of a request."""
+
+    image: Tensor  # (3, S, S), preprocessed
+    options: SearchOptions
+    rows: ClassVar[int] = 1
+
+
+class CaptionTask:
+    """Captions uploaded images with the configured captioner; RequestError for bad input."""
+
+    kind = "captioner"
+    with_source = False
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        self.runtime, self.name = runtime, settings.captioner
+        self.family = BatchFamily("caption", self.name, settings.max_batch_images, run_batch)
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
+        self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
+        # at most one decode per core: bounds memory as well as CPU
+        self._decoding = threading.BoundedSemaphore(max(1, torch.get_num_threads()))
+
+    def model_names(self) -> list[str]:
+        return [self.name]
+
+    def golden_output(self, served: ServedModel) -> str:
+        """The caption of the model's golden image, decoded and queued like an upload."""
+        golden = served.golden
+        image = self.image_tensor(served, (served.path / golden["input"]).read_bytes(), "golden")
+        job = CaptionJob(image, SearchOptions(**golden.get("options", {})))
+        (found,) = self.runtime.results([self.runtime.batcher.submit(self.family, job)])
+        return served.target.decode(found[0].tokens)
+
+    def caption(self, image: Path, options: DecodingOptions) -> CaptionResponse:
+        """POST /caption: one uploaded image."""
+        started = time.perf_counter()
+        (found,), tag = self.captions([image], ["image"], options)
+        return CaptionResponse(**dict(found), model=tag, time_ms=ms_since(started))
+
+    def caption_batch(
+        self, images: Sequence[Path], options: DecodingOptions
+    ) -> CaptionBatchResponse:
+        """POST /caption_batch: several uploaded images, captioned in order."""
+        started = time.perf_counter()
+        fields = [f"images[{i}]" for i in range(len(images))]
+        found, tag = self.captions(images, fields, options)
+        return CaptionBatchResponse(captions=found, model=tag, time_ms=ms_since(started))
+
+    def captions(
+        self, images: Sequence[Path | bytes], fields: Sequence[str], options: DecodingOptions
+    ) -> tuple[list[Caption], str]:
+        """Uploaded images (files or bytes; `fields` name them in errors) -> one caption each,
+        and the captioner's tag."""
+        search = search_options(options)
+        served = self.runtime.ready_models()[self.name]
+        check_attention(served, options)
+        batcher = self.runtime.batcher
+        with batcher.arriving():  # a batch forming now may wait for these images
+            tensors = [
+                self.image_tensor(
+                    served, data if isinstance(data, bytes) else data.read_bytes(), field
+                )
+                for data, field in zip(images, fields, strict=True)
+            ]
+            futures = [batcher.submit(self.family, CaptionJob(t, search)) for t in tensors]
+        found = self.runtime.results(futures)
+        return [caption_of(h, served.target, options.return_attention) for h in found], served.tag
+
+    def image_tensor(self, served: ServedModel, data: bytes, field: str) -> Tensor:
+        """Uploaded bytes -> the (3, S, S) tensor the captioner's encoder expects."""
+        with self._decoding:
+            image = decode_image(data, self.image_limits, field)
+            try:
+                return served.model.encoder.preprocess(image)
+            except Exception:
+                raise RequestError(
+                    f"image mode {image.mode} could not be converted to RGB",
+                    field,
+                    code="invalid_image",
+                ) from None
+            finally:
+                image.close()
+
+
+def run_batch(served: ServedModel, jobs: Sequence[CaptionJob]) -> list[list[Hypothesis]]:
+    """In the batch worker: one encoder forward for every image, then one batched search per
+    distinct options; hypotheses per job, best first."""
+    device = next(served.model.parameters()).device
+    images = torch.stack([job.image for job in jobs]).to(device)  # (B, 3, S, S)
+    pooled, grid = served.model.encoder(images)  # (B, D), (B, H*W, D)
+    results: list[Any] = [None] * len(jobs)
+    for options, rows in by_options(jobs):
+        index = torch.tensor(rows, device=device)
+        found = caption_features(served.model, pooled[index], grid[index], options)
+        for row, hypotheses in zip(rows, found, strict=True):
+            results[row] = hypotheses
+    return results
+
+
+def caption_of(
+    hypotheses: Sequence[Hypothesis], vocabulary: Vocabulary, attention: bool
+) -> Caption:
+    """One image's hypotheses (best first) -> its caption; attention as an H x W grid per token."""
+    found = []
+    for h in hypotheses:
+        grids = grid_rows(attention_weights(h, None)) if attention else None
+        tokens = [
+            CaptionToken(token=name, log_prob=lp, attention=grids[t] if grids else [])
+            for t, (name, lp) in enumerate(scored_tokens(h, vocabulary))
+        ]
+        found.append(CaptionAlternative(**summary(h, vocabulary), tokens=tokens))
+    return Caption(caption=found[0].text, truncated=found[0].truncated, alternatives=found)
+
+
+def grid_rows(weights: Tensor) -> list[list[list[float]]]:
+    """(T, S) -> T grids of H x W: H = W = sqrt(S) for a square feature map, else 1 x S."""
+    steps, positions = weights.shape
+    side = math.isqrt(positions)
+    height = side if side * side == positions else 1
+    return weights.reshape(steps, height, positions // height).tolist()

@@ -1,0 +1,166 @@
+"""Translation: sentences -> source ids -> batched through a translator -> translations (POST /translate)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.inference import source_ids, translate_ids
+from models.search import Hypothesis, SearchOptions
+from models.vocabulary import Vocabulary
+from service.artifacts import ServedModel
+from service.errors import RequestError
+from service.runtime import BatchFamily, Runtime
+from service.schemas import (
+    DecodingOptions,
+    TranslateResponse,
+    Translation,
+    TranslationAlternative,
+    TranslationToken,
+)
+from service.tasks.decoding import (
+    END_TOKEN,
+    attention_weights,
+    by_options,
+    check_attention,
+    ms_since,
+    scored_tokens,
+    search_options,
+    summary,
+)
+
+
+@dataclass(frozen=True)
+class TranslateJob:
+    """One request's sentences, as source ids; they stay together in one batch."""
+
+    sources: list[list[int]]
+    options: SearchOptions
+
+    @property
+    def rows(self) -> int:
+        return len(self.sources)
+
+
+class TranslateTask:
+    """Translates sentences with one of the configured translators; RequestError for bad input."""
+
+    kind = "translator"
+    with_source = True
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.names = runtime.settings.translator_names  # the first is the default
+        self.max_rows = runtime.settings.max_batch_sentences
+        self.max_tokens = runtime.settings.max_source_tokens
+
+    def model_names(self) -> list[str]:
+        return list(self.names)
+
+    def golden_output(self, served: ServedModel) -> str:
+        """The translation of the model's golden sentence, queued like a request."""
+        golden = served.golden
+        options = SearchOptions(**golden.get("options", {}))
+        found = self.hypotheses(served, [golden["input"]], options)
+        return served.target.decode(found[0][0].tokens)
+
+    def translate(
+        self, sentences: Sequence[str], options: DecodingOptions, model: str | None
+    ) -> TranslateResponse:
+        """POST /translate: sentences -> one translation each, in order."""
+        started = time.perf_counter()
+        search = search_options(options)
+        served = self.model(model)
+        check_attention(served, options)
+        found = self.hypotheses(served, sentences, search)
+        translations = [
+            translation_of(
+                sentence,
+                [*served.source.tokenizer.tokenize(sentence)[: self.max_tokens], END_TOKEN],
+                hypotheses,
+                served.target,
+                options.return_attention,
+            )
+            for sentence, hypotheses in zip(sentences, found, strict=True)
+        ]
+        return TranslateResponse(
+            translations=translations, model=served.tag, time_ms=ms_since(started)
+        )
+
+    def model(self, name: str | None) -> ServedModel:
+        """The translator called `name` (a store name or full tag), or the default one."""
+        models = self.runtime.ready_models()
+        wanted = name or self.names[0]
+        for candidate in self.names:
+            served = models[candidate]
+            if wanted in (served.name, served.tag):
+                return served
+        raise RequestError(
+            f"unknown model {wanted!r}; available: {', '.join(self.names)}",
+            "model",
+            code="unknown_model",
+        )
+
+    def hypotheses(
+        self, served: ServedModel, sentences: Sequence[str], options: SearchOptions
+    ) -> list[list[Hypothesis]]:
+        """Sentences -> hypotheses per sentence, batched with concurrent requests."""
+        job = TranslateJob(self.source_tokens(served, sentences), options)
+        family = BatchFamily("translate", served.name, self.max_rows, run_batch)
+        return self.runtime.results([self.runtime.batcher.submit(family, job, job.rows)])[0]
+
+    def source_tokens(self, served: ServedModel, sentences: Sequence[str]) -> list[list[int]]:
+        """Sentences -> source ids; a sentence over the token limit is refused by index."""
+        ids = []
+        for i, sentence in enumerate(sentences):
+            encoded = source_ids(served.source, sentence)
+            if len(encoded) - 1 > self.max_tokens:
+                raise RequestError(
+                    f"sentence has {len(encoded) - 1} tokens; at most {self.max_tokens} are "
+                    "allowed",
+                    f"sentences[{i}]",
+                )
+            ids.append(encoded)
+        return ids
+
+
+def run_batch(served: ServedModel, jobs: Sequence[TranslateJob]) -> list[Any]:
+    """In the batch worker: one batched search per distinct options over every queued sentence;
+    hypotheses per sentence, per job."""
+    results: list[Any] = [None] * len(jobs)
+    for options, rows in by_options(jobs):
+        sources = [source for row in rows for source in jobs[row].sources]
+        found = translate_ids(served.model, sources, options)
+        start = 0
+        for row in rows:
+            count = len(jobs[row].sources)
+            results[row] = found[start : start + count]
+            start += count
+    return results
+
+
+def translation_of(
+    source: str,
+    source_tokens: list[str],
+    hypotheses: Sequence[Hypothesis],
+    vocabulary: Vocabulary,
+    attention: bool,
+) -> Translation:
+    """One sentence's hypotheses (best first) -> its translation; attention over source_tokens."""
+    found = []
+    for h in hypotheses:
+        weights = attention_weights(h, len(source_tokens)).tolist() if attention else None
+        tokens = [
+            TranslationToken(token=name, log_prob=lp, attention=weights[t] if weights else [])
+            for t, (name, lp) in enumerate(scored_tokens(h, vocabulary))
+        ]
+        found.append(TranslationAlternative(**summary(h, vocabulary), tokens=tokens))
+    return Translation(
+        source=source,
+        source_tokens=source_tokens,
+        translation=found[0].text,
+        truncated=found[0].truncated,
+        alternatives=found,
+    )
