@@ -29,7 +29,7 @@ class SearchOptions:
     beam_size: int = 5
     n_best: int = 1
     max_length: int = 50
-    min_length: int = 0  # END is forbidden before this many tokens
+    min_length: int = 1  # END is forbidden before this many tokens: never empty by default
     length_penalty: float = 1.0  # GNMT alpha: score = log_prob / ((5 + length) / 6) ** alpha
     no_repeat_ngram_size: int = 0  # 0 disables the block
     temperature: float = 1.0

@@ -26,7 +26,13 @@ class DecodingOptions(BaseModel):
         1, ge=1, le=10, description="alternatives returned; <= beam_size (beam), 1 (greedy)"
     )
     max_length: int = Field(50, ge=1, le=200, description="generated tokens, end token included")
-    min_length: int = Field(0, ge=0, le=200, description="the end token is forbidden before this")
+    min_length: int = Field(
+        1,
+        ge=0,
+        le=200,
+        description="the end token is forbidden before this many tokens: 1 (default) never "
+        "answers the empty caption or translation; 0 allows it",
+    )
     length_penalty: float = Field(1.0, ge=0.0, le=2.0, description="GNMT alpha of the score")
     no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="0 disables the block")
     temperature: float = Field(1.0, ge=0.05, le=10.0, description="sample only")

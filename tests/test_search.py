@@ -164,7 +164,9 @@ def test_sampling_with_top_k_one_is_greedy() -> None:
 def test_sampling_follows_the_distribution() -> None:
     # PAD and START are never generated, so x has weight 3 of 1 (END) + 1 (UNK) + 3 (x) + 1 (y)
     stepper = ScriptedStepper([[0, 0, 0, 0, 1.0986, 0]])
-    options = SearchOptions("sample", n_best=4000, max_length=1, seed=0)  # seeds 0..3999
+    options = SearchOptions(
+        "sample", n_best=4000, max_length=1, min_length=0, seed=0
+    )  # seeds 0..3999
     (samples,) = decode(stepper, stepper.state(1), options)
     share = sum(1 for h in samples if h.tokens == [4]) / len(samples)
     assert share == pytest.approx(0.5, abs=0.03)
@@ -191,3 +193,18 @@ def test_invalid_options_are_rejected() -> None:
         SearchOptions("sample", temperature=0)
     with pytest.raises(ValueError, match="method"):
         SearchOptions("nucleus")  # type: ignore[arg-type]
+
+
+# END is by far the likeliest first token: an untrained-looking model that would answer nothing
+ENDS_AT_ONCE = [[0, 0, 12, 0, 1, 2], [0, 0, 12, 0, 2, 1]]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_default_options_never_answer_empty(method: str) -> None:
+    """Issue 12: END cannot be the first token unless min_length is set to 0."""
+    stepper = ScriptedStepper(ENDS_AT_ONCE)
+    options = SearchOptions(method, beam_size=3, n_best=3, max_length=5, seed=1)
+    for hypotheses in decode(stepper, stepper.state(4), options):
+        assert all(h.tokens for h in hypotheses)
+    allowed = SearchOptions(method, beam_size=3, max_length=5, min_length=0, seed=1)
+    assert [] in [h.tokens for r in decode(stepper, stepper.state(4), allowed) for h in r]
