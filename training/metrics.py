@@ -1,7 +1,8 @@
-"""Corpus scores: sacreBLEU BLEU and chrF for translations; BLEU-1..4 and CIDEr for captions."""
+"""Corpus scores: sacreBLEU BLEU and chrF for translations; BLEU-1..4, CIDEr and word-F1 for captions."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from models.tokenizers import WordTokenizer
@@ -41,4 +42,23 @@ def caption_scores(
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"bleu{n}": round(100 * float(b), 2) for n, b in enumerate(bleu, start=1)}
     scores["cider"] = round(100 * float(cider), 2)
+    f1 = word_f1(hypotheses, references)
+    scores["word_f1"] = round(100 * sum(f1) / max(len(f1), 1), 2)
+    return scores
+
+
+def word_f1(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Per caption, the best bag-of-words F1 against any of its references (0 to 1): how many of
+    the words a person used the caption names, without BLEU's n-gram order or CIDEr's weights."""
+    scores = []
+    for hypothesis, refs in zip(hypotheses, references, strict=True):
+        words = Counter(caption_text(hypothesis).split())
+        best = 0.0
+        for reference in refs:
+            expected = Counter(caption_text(reference).split())
+            common = sum((words & expected).values())
+            if common:
+                precision, recall = common / sum(words.values()), common / sum(expected.values())
+                best = max(best, 2 * precision * recall / (precision + recall))
+        scores.append(best)
     return scores
