@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from models.checkpoint import load_model, save_model, verify_checksums
 from models.decoders import DecoderState
@@ -20,9 +23,20 @@ from models.search import SearchOptions
 from models.tokenizers import CharTokenizer
 from models.vocabulary import END, PAD, START, Vocabulary
 from training import train_lm
-from training.tbptt import SavedTensorMeter, evaluate_bpc, to_streams, train_streams
+from training.distributed import Distributed
+from training.language_modeling import LanguageModelTask, LMSettings
+from training.loop import Trainer
+from training.memory import SavedTensorMeter
+from training.state import CHECKPOINT
+from training.tbptt import LN2, evaluate_bpc, to_streams
+
+CPU = torch.device("cpu")
 
 TEXT = 'The quick brown fox jumps over the lazy dog.\n("Quoted", she said.)\n' * 4
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
 
 
 @pytest.fixture()
@@ -38,71 +52,95 @@ def small_model(vocab: Vocabulary, cell: str = "lstm", seed: int = 0) -> CharLan
     return model
 
 
-def peak_saved_bytes(vocab: Vocabulary, chars: int, bptt: int | None) -> int:
-    model = small_model(vocab)
-    ids = torch.tensor(vocab.encode(TEXT * (chars // len(TEXT) + 1)))[:chars]
+def lm_settings(directory: Path, text: str, **overrides: Any) -> LMSettings:
+    """A tiny run on `text` (its last 5% validates) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "text.txt").write_text(text)
+    values: dict[str, Any] = dict(
+        data=str(directory / "text.txt"), output_dir=str(directory), name="run", batch_size=4,
+        bptt=20, eval_batch_size=2, hidden_size=16, embed_size=8, num_layers=2, dropout=0.0,
+        lr=1e-2, warmup_steps=0, epochs=1, patience=100, golden_length=10, seed=0,
+        progress=False,
+    )  # fmt: skip
+    return LMSettings(**{**values, **overrides})
+
+
+def lm_trainer(settings: LMSettings, model: CharLanguageModel | None = None) -> Trainer:
+    """The shared loop on the language-modelling task (optionally with another model)."""
+    task = LanguageModelTask(settings, Distributed(), CPU)
+    if model is not None:
+        task.model = model
+    return Trainer(task, settings, Distributed(), CPU)
+
+
+def peak_saved_bytes(directory: Path, chars: int, full_bptt: bool) -> int:
+    text = (TEXT * (chars // len(TEXT) + 1))[:chars]
+    trainer = lm_trainer(lm_settings(directory, text, full_bptt=full_bptt))
     with SavedTensorMeter() as meter:
-        train_streams(
-            model, to_streams(ids, 4), torch.optim.SGD(model.parameters(), 0.1), bptt, 1.0
-        )
-    assert meter.live == 0  # backward freed every graph
+        trainer.train_epoch()
+    assert meter.live == 0  # backward freed every graph, the carried state holds none
     return meter.peak
 
 
-def test_truncated_bptt_memory_stays_flat_as_text_grows(vocab: Vocabulary) -> None:
-    short, long = peak_saved_bytes(vocab, 800, 20), peak_saved_bytes(vocab, 8000, 20)
+def test_truncated_bptt_memory_stays_flat_as_text_grows(tmp_path: Path) -> None:
+    short, long = (
+        peak_saved_bytes(tmp_path / "a", 800, False),
+        peak_saved_bytes(tmp_path / "b", 8000, False),
+    )
     assert long <= 1.05 * short
     # the same measurement grows with the text under full BPTT, so it does catch a leak of graph
-    full_short, full_long = peak_saved_bytes(vocab, 800, None), peak_saved_bytes(vocab, 8000, None)
+    full_short = peak_saved_bytes(tmp_path / "c", 800, True)
+    full_long = peak_saved_bytes(tmp_path / "d", 8000, True)
     assert full_long > 5 * full_short
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_truncated_bptt_lowers_the_loss(vocab: Vocabulary, cell: str) -> None:
-    model = small_model(vocab, cell)
-    streams = to_streams(vocab.encode(TEXT * 2), 4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = train_streams(model, streams, optimizer, 16, 1.0)
-    for _ in range(6):
-        last = train_streams(model, streams, optimizer, 16, 1.0)
-    mean = [sum(r.loss for r in rs) / len(rs) for rs in (first, last)]
-    assert mean[1] < 0.8 * mean[0]
+def test_truncated_bptt_lowers_the_loss(tmp_path: Path, cell: str) -> None:
+    settings = lm_settings(tmp_path, TEXT * 2, cell=cell, bptt=16, epochs=7)
+    lm_trainer(settings).run()
+    losses = [r["train_loss"] for r in read_metrics(tmp_path / "run") if "train_loss" in r]
+    assert len(losses) == 7 and losses[-1] < 0.8 * losses[0]
 
 
-class StateSpy(CharLanguageModel):
-    """Records the state each chunk starts from and the state it ends with."""
+def test_hidden_state_is_carried_detached_and_reset_each_epoch(tmp_path: Path) -> None:
+    settings = lm_settings(tmp_path, TEXT * 5, epochs=2)
+    trainer = lm_trainer(settings)
+    calls: list[tuple[DecoderState | None, DecoderState]] = []  # (state before, state after)
 
-    def __init__(self, config: CharLMConfig) -> None:
-        super().__init__(config)
-        self.received: list[DecoderState] = []
-        self.returned: list[DecoderState] = []
+    def record(module: nn.Module, args: tuple, output: tuple) -> None:  # type: ignore[type-arg]
+        if module.training:
+            calls.append((args[1], output[1]))
 
-    def forward(self, tokens, state=None):  # type: ignore[no-untyped-def]
-        self.received.append(state)
-        logits, state = super().forward(tokens, state)
-        self.returned.append(state)
-        return logits, state
-
-
-def test_hidden_state_is_carried_across_chunks_and_detached(vocab: Vocabulary) -> None:
-    torch.manual_seed(0)
-    spy = StateSpy(CharLMConfig(len(vocab), 8, 16, "lstm", 2, 0.0))
-    streams = to_streams(vocab.encode(TEXT), 2)
-    train_streams(spy, streams, torch.optim.SGD(spy.parameters(), 0.1), 10, 1.0)
-    assert len(spy.received) > 3
-    for before, after in zip(spy.returned[:-1], spy.received[1:], strict=True):
+    trainer.task.model.register_forward_hook(record)
+    trainer.run()
+    sizes = [len(trainer.task.batches("train", epoch)) for epoch in range(2)]
+    assert len(calls) == sum(sizes) and min(sizes) > 3
+    for i, (before, _) in enumerate(calls):
+        if i in (0, sizes[0]):
+            assert before is None  # each epoch starts from the initial state
+            continue
+        previous = calls[i - 1][1]
         for key in ("h", "c"):
-            assert torch.equal(after.recurrent[key], before.recurrent[key].detach())  # not reset
-            assert after.recurrent[key].grad_fn is None  # cut from the previous chunk's graph
-            assert after.recurrent[key].abs().sum() > 0
+            assert previous.recurrent[key].grad_fn is not None
+            assert torch.equal(before.recurrent[key], previous.recurrent[key].detach())
+            assert before.recurrent[key].grad_fn is None  # cut from the previous chunk's graph
+            assert before.recurrent[key].abs().sum() > 0
 
 
 def test_windowed_evaluation_equals_one_pass(vocab: Vocabulary) -> None:
     model = small_model(vocab)
     streams = to_streams(vocab.encode(TEXT), 3)
-    assert evaluate_bpc(model, streams, bptt=7) == pytest.approx(
+    assert evaluate_bpc(model, streams, window=7) == pytest.approx(
         evaluate_bpc(model, streams, 10**6)
     )
+
+
+def test_loop_validation_is_one_pass_in_bits_per_character(tmp_path: Path) -> None:
+    trainer = lm_trainer(lm_settings(tmp_path, TEXT * 200, eval_batch_size=3))
+    task = trainer.task
+    assert len(task.batches("valid", 0)) > 2  # several windows, the state carried across them
+    one_pass = evaluate_bpc(task.model, task.streams["valid"], 10**6)
+    assert trainer.validation_loss() / LN2 == pytest.approx(one_pass, rel=1e-6)
 
 
 def test_greedy_continuation_is_what_teacher_forcing_predicts(vocab: Vocabulary) -> None:
@@ -178,10 +216,10 @@ def test_training_cli_writes_metrics_best_model_and_golden(tmp_path) -> None:  #
          "--golden-length", "15", "--measure-memory", "--no-progress"]
     )  # fmt: skip
     progress = train_lm.main(args)
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    epochs = [r for r in lines if "valid_bpc" in r]
+    epochs = [r for r in read_metrics(tmp_path / "run") if "valid_bpc" in r]
     assert [r["epoch"] for r in epochs] == [1, 2]
-    assert progress.best_metric == min(r["valid_bpc"] for r in epochs)
+    assert progress.best_metric == min(r["valid_loss"] for r in epochs)
+    assert epochs[0]["valid_bpc"] == pytest.approx(epochs[0]["valid_loss"] / LN2)
     assert epochs[0]["peak_saved_mb"] > 0 and epochs[0]["grad_norm_max"] > 0
     verify_checksums(tmp_path / "run" / "best")
     golden = json.loads((tmp_path / "run" / "best" / "golden.json").read_text())
@@ -200,5 +238,46 @@ def test_training_resumes_from_its_checkpoint(tmp_path) -> None:  # type: ignore
     parser = train_lm.get_args_parser()
     assert train_lm.main(parser.parse_args([*flags, "--epochs", "1"])).epoch == 1
     resumed = train_lm.main(parser.parse_args([*flags, "--epochs", "2", "--resume"]))
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    lines = read_metrics(tmp_path / "run")
     assert resumed.epoch == 2 and [r["epoch"] for r in lines if "valid_bpc" in r] == [1, 2]
+
+
+def test_resume_mid_epoch_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
+    """N steps in one go == N/2 steps, stop, resume for N/2 more (across an epoch boundary)."""
+    (tmp_path / "text.txt").write_text(TEXT * 5)
+    flags = ["--preset", "tiny", "--data", str(tmp_path / "text.txt"), "--max-train-chars", "0",
+             "--hidden-size", "8", "--embed-size", "4", "--batch-size", "4", "--bptt", "20",
+             "--eval-batch-size", "2", "--dropout", "0.2", "--warmup-steps", "7",
+             "--schedule", "constant", "--epochs", "3", "--log-every", "1", "--no-progress"]  # fmt: skip
+    parser = train_lm.get_args_parser()
+
+    def run(name: str, steps: int, *more: str) -> None:
+        args = [*flags, "--output-dir", str(tmp_path), "--name", name, "--max-steps", str(steps)]
+        train_lm.main(parser.parse_args([*args, *more]))
+
+    run("whole", 24)
+    run("halves", 12)
+    first = torch.load(tmp_path / "halves" / CHECKPOINT, weights_only=True)
+    assert first["progress"]["epoch"] == 0 and first["carry"]  # stopped mid-epoch, state kept
+    run("halves", 24, "--resume")
+    whole, halves = (
+        torch.load(tmp_path / n / CHECKPOINT, weights_only=True) for n in ("whole", "halves")
+    )
+    assert whole["progress"]["step"] == halves["progress"]["step"] == 24
+    assert whole["progress"]["epoch"] >= 1  # the run crossed an epoch boundary
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, halves["model"][name]), name
+    losses = [
+        {r["step"]: r["loss"] for r in read_metrics(tmp_path / n) if "loss" in r}
+        for n in ("whole", "halves")
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 24
+
+
+def test_help_works_and_shows_the_presets_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        train_lm.get_args_parser().parse_args(["--preset", "tiny", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(last 5% validates) (default: 'data/fortunes')" in text
+    assert "units per layer (default: 64)" in text  # lm_tiny.yaml, not the dataclass's 256

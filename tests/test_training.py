@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from models.checkpoint import load_model
 from models.inference import caption_images, translate
 from models.search import SearchOptions
-from training import train_captioner, train_translator
+from training import train_captioner, train_lm, train_translator
 from training.distributed import Distributed
 from training.loop import Trainer
-from training.settings import resolve_settings
+from training.settings import preset_path, resolve_settings
 from training.translation import TranslationTask, TranslatorSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
@@ -119,3 +122,25 @@ def test_sentencepiece_vocabulary_round_trips_unseen_characters_without_unk() ->
     ids = vocabulary.encode(sentence)
     assert UNK not in ids  # byte fallback spells unseen characters as byte pieces
     assert vocabulary.decode(ids) == sentence
+
+
+@pytest.mark.parametrize(
+    ("module", "kind"),
+    [(train_captioner, "captioner"), (train_translator, "translator"), (train_lm, "lm")],
+)
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_help_shows_the_defaults_a_run_would_use(
+    module: ModuleType, kind: str, preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        module.get_args_parser().parse_args(["--preset", preset, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).split("options:")[1]  # unwrapped
+    values = yaml.safe_load(preset_path(preset, kind).read_text())
+    settings = resolve_settings(
+        module.COMMAND.settings_class, kind, argparse.Namespace(preset=preset)
+    )
+    for name in ("lr", "epochs", "batch_size", "threads"):
+        flag_help = text.split(f"--{name.replace('_', '-')} ", 1)[1]
+        assert f"(default: {getattr(settings, name)!r})" in flag_help.split(" --")[0], name
+    assert f"(default: {values['lr']!r})" in text  # the preset's value, not the dataclass's

@@ -31,6 +31,17 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def example_batches(
+    lengths: Sequence[int], split: str, epoch: int, batch_size: int, seed: int
+) -> list[list[int]]:
+    """One pass over a split of examples: bucketed and shuffled anew each epoch when training,
+    sorted by length otherwise. Depends only on its arguments (the same on every process)."""
+    if split != "train":
+        return sorted_batches(lengths, batch_size)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return bucket_batches(lengths, batch_size, generator)
+
+
 def shard(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     """This process's part of a global batch (every world_size-th example, from `rank`).
 

@@ -18,10 +18,11 @@ from models.inference import pad_batch
 from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
 from models.vocabulary import END, START, Vocabulary
+from training.batching import example_batches
 from training.data.loaders import CaptionExample, load_karpathy
 from training.distributed import Distributed
 from training.features import FeatureCache
-from training.loop import Batch
+from training.loop import Batch, Carry
 from training.metrics import caption_scores
 from training.predict import caption_texts
 from training.settings import LoopSettings, setting
@@ -163,8 +164,9 @@ class CaptionTask:
                 pairs.append((row, [START, *self.vocabulary.encode(caption)[:limit], END]))
         return pairs
 
-    def lengths(self, split: str) -> list[int]:
-        return [len(tokens) for _, tokens in self.examples[split]]
+    def batches(self, split: str, epoch: int) -> list[list[int]]:
+        lengths = [len(tokens) for _, tokens in self.examples[split]]
+        return example_batches(lengths, split, epoch, self.settings.batch_size, self.settings.seed)
 
     def batch(self, split: str, indices: list[int], device: torch.device) -> Batch:
         pairs = [self.examples[split][i] for i in indices]
@@ -177,7 +179,16 @@ class CaptionTask:
     def teacher_forced(self) -> nn.Module:
         return TeacherForcedCaptioner(self.model)
 
-    def decode_metrics(self, limit: int, device: torch.device) -> dict[str, float]:
+    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
+        return module(*batch.inputs), carry  # captions are independent: nothing carried
+
+    def epoch_metrics(
+        self, record: dict[str, Any], decode: bool, device: torch.device
+    ) -> dict[str, float]:
+        """Greedy CIDEr and BLEU-4 of the first `metric_subset` validation images, when `decode`."""
+        if not decode:
+            return {}
+        limit = self.settings.metric_subset
         examples = self.splits["valid"][:limit]
         rows = self.image_rows["valid"][:limit]
         hypotheses = self.captions(

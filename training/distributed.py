@@ -1,4 +1,4 @@
-"""Process-group setup for torchrun (gloo on CPU, nccl on CUDA) and the one collective we need."""
+"""Process-group setup for torchrun (gloo on CPU, nccl on CUDA) and the two collectives we need."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,17 @@ def sum_over_processes(values: list[float], info: Distributed, device: torch.dev
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def gather_shards(local: Tensor, info: Distributed) -> Tensor:
+    """Every process's rows (B_r, ...) back in global order (B, ...): the inverse of `shard`.
+
+    Process r holds global rows r, r + N, r + 2N, ...; the result is the same on every process.
+    """
+    if not info.enabled:
+        return local
+    (total,) = sum_over_processes([local.size(0)], info, local.device)
+    full = local.new_zeros((int(total), *local.shape[1:]))
+    full[info.rank :: info.world_size] = local
+    dist.all_reduce(full)  # each row is one process's value plus zeros: exact
+    return full

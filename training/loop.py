@@ -1,11 +1,11 @@
-"""The shared training loop: teacher forcing, PAD-masked cross-entropy, clipping, validation, resume."""
+"""The one training loop: teacher forcing, PAD-masked cross-entropy, clipping, validation, resume."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,12 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.vocabulary import PAD
-from training.batching import bucket_batches, shard, sorted_batches
-from training.distributed import Distributed, setup, sum_over_processes, teardown
+from training.batching import shard
+from training.distributed import Distributed, gather_shards, sum_over_processes
+from training.memory import SavedTensorMeter
+from training.records import EpochStats, MetricsLog
 from training.settings import LoopSettings
 from training.state import CHECKPOINT, LRSchedule, Progress, load_checkpoint, save_checkpoint
 
 METRICS_LOG = "metrics.jsonl"
+Carry = dict[str, Tensor]  # what a batch hands to the next one of the same pass (rows first)
 
 
 @dataclass(frozen=True)
@@ -34,23 +37,34 @@ class Batch:
 
 
 class Task(Protocol):
-    """The model-specific part of training: data, the teacher-forced forward, metrics, saving."""
+    """What one model brings to the loop: its data as batches, its forward, its metrics, saving."""
 
     kind: str
     model: nn.Module
 
-    def lengths(self, split: str) -> list[int]:
-        """Target length of every example of "train" or "valid" (for bucketing)."""
+    def batches(self, split: str, epoch: int) -> list[list[int]]:
+        """One pass over "train" or "valid": global batches of example ids, the same everywhere."""
         ...
 
-    def batch(self, split: str, indices: list[int], device: torch.device) -> Batch: ...
+    def batch(self, split: str, indices: list[int], device: torch.device) -> Batch:
+        """The tensors of the examples `indices` (this process's share of a global batch)."""
+        ...
 
     def teacher_forced(self) -> nn.Module:
-        """A module around `model` whose forward(*batch.inputs) gives logits (B, T, V)."""
+        """The module around `model` that `forward` runs (and DDP wraps)."""
         ...
 
-    def decode_metrics(self, limit: int, device: torch.device) -> dict[str, float]:
-        """Greedy-decode up to `limit` validation examples and score them (bleu or cider)."""
+    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
+        """Logits (B, T, V) of `batch` through `module`, and what the pass's next batch starts from.
+
+        `carry` is what the previous batch returned, empty at the start of each pass.
+        """
+        ...
+
+    def epoch_metrics(
+        self, record: dict[str, Any], decode: bool, device: torch.device
+    ) -> dict[str, float]:
+        """Numbers to add to an epoch's record; when `decode`, scores of greedy decoding too."""
         ...
 
     def save(self, directory: Path, metadata: dict[str, Any]) -> None: ...
@@ -66,18 +80,6 @@ def token_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0) -> tuple
         reduction="sum",
     )
     return loss, int((targets != PAD).sum())
-
-
-class MetricsLog:
-    """Appends one JSON object per line; only the main process writes."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, **record: Any) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record) + "\n")
 
 
 class Trainer:
@@ -96,17 +98,19 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             params, lr=settings.lr, weight_decay=settings.weight_decay
         )
-        steps = max(1, len(task.lengths("train")) // settings.batch_size) * settings.epochs
+        planned = len(self.epoch_batches(0)) * settings.epochs
         self.schedule = LRSchedule(
             settings.lr,
             settings.warmup_steps,
             settings.schedule,
-            steps,  # the planned horizon: max_steps and the time limit only cut it short
+            min(planned, settings.max_steps or planned),  # cosine ends at the planned last step
             settings.plateau_factor,
             settings.min_lr_ratio,
         )
         self.progress = Progress()
+        self.carry: Carry = {}
         self.started = time.monotonic()
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(settings.run_dir / METRICS_LOG, info.is_main)
 
     @property
@@ -119,7 +123,7 @@ class Trainer:
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.module(*batch.inputs)
+            logits, self.carry = self.task.forward(self.module, batch, self.carry)
         loss_sum, tokens = token_loss(logits, batch.targets, s.label_smoothing)
         total_loss, total_tokens = sum_over_processes(
             [float(loss_sum.detach()), tokens], self.info, self.device
@@ -142,14 +146,15 @@ class Trainer:
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The global batches of `epoch`: the same on every process and after a resume."""
-        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
-        batches = bucket_batches(self.task.lengths("train"), self.settings.batch_size, generator)
+        batches = self.task.batches("train", epoch)
         return [b for b in batches if len(b) >= self.info.world_size]
 
-    def train_epoch(self) -> bool:
-        """Train the rest of the current epoch; False when max_steps stopped it early."""
+    def train_epoch(self) -> tuple[bool, dict[str, float]]:
+        """Train the rest of the current epoch: (False when the budget stopped it, its statistics)."""
         s, p = self.settings, self.progress
         batches = self.epoch_batches(p.epoch)
+        if p.batch == 0:
+            self.carry = {}  # a pass starts afresh; mid-epoch the checkpoint restored it
         bar = tqdm(
             total=len(batches),
             initial=p.batch,
@@ -157,23 +162,22 @@ class Trainer:
             disable=not (s.progress and self.info.is_main),
             mininterval=1.0,
         )
-        tokens, start = 0, time.monotonic()
-        for indices in batches[p.batch :]:
-            if self.out_of_budget():
-                bar.close()
-                return False
-            stats = self.train_step(
-                self.task.batch("train", shard(indices, *self._place), self.device)
-            )
-            p.batch += 1
-            tokens += int(stats["tokens"])
-            speed = tokens / max(time.monotonic() - start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{speed:.0f}", refresh=False)
-            if p.step % s.log_every == 0:
-                self.log.write(epoch=p.epoch + 1, step=p.step, **stats, tokens_per_s=speed)
+        stats, finished = EpochStats(), True
+        with SavedTensorMeter() if s.measure_memory else nullcontext() as meter:
+            for indices in batches[p.batch :]:
+                if self.out_of_budget():
+                    finished = False
+                    break
+                batch = self.task.batch("train", shard(indices, *self._place), self.device)
+                step = self.train_step(batch)
+                p.batch += 1
+                speed = stats.add(step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step['loss']:.3f}", tok_s=f"{speed:.0f}", refresh=False)
+                if p.step % s.log_every == 0:
+                    self.log.write(epoch=p.epoch + 1, step=p.step, **step, tokens_per_s=speed)
         bar.close()
-        return True
+        return finished, stats.summary(s.clip_norm, meter)
 
     def out_of_budget(self) -> bool:
         """True once max_steps or the time limit (counted over resumed runs too) is reached."""
@@ -191,53 +195,61 @@ class Trainer:
     def validation_loss(self) -> float:
         """Per-token cross-entropy (no smoothing) over the whole validation split."""
         self.core.eval()
-        total, tokens = 0.0, 0
-        for indices in sorted_batches(self.task.lengths("valid"), self.settings.batch_size):
+        total, tokens, carry = 0.0, 0, {}
+        for indices in self.task.batches("valid", 0):
             mine = shard(indices, *self._place)
             if not mine:
                 continue
             batch = self.task.batch("valid", mine, self.device)
-            loss, count = token_loss(self.core(*batch.inputs), batch.targets)
+            logits, carry = self.task.forward(self.core, batch, carry)
+            loss, count = token_loss(logits, batch.targets)
             total, tokens = total + float(loss), tokens + count
         total, tokens = sum_over_processes([total, tokens], self.info, self.device)
         return total / max(tokens, 1)
 
-    def validate(self) -> dict[str, float]:
-        """Validation loss, and the decoding metric when early stopping selects on it."""
-        metrics = {"valid_loss": self.validation_loss()}
-        if self.settings.select_metric != "loss":
-            metrics.update(self.task.decode_metrics(self.settings.metric_subset, self.device))
-        return metrics
-
-    def end_epoch(self, started: float) -> bool:
+    def end_epoch(self, started: float, train_stats: dict[str, float]) -> bool:
         """Validate, keep the best model, adjust the rate; True when training should stop."""
         s, p = self.settings, self.progress
-        metrics = self.validate()
+        record: dict[str, Any] = {"epoch": p.epoch, "step": p.step}
+        record.update(valid_loss=self.validation_loss(), **train_stats)
+        decode = s.select_metric != "loss"
+        record.update(self.task.epoch_metrics(record, decode, self.device))
         key = "valid_loss" if s.select_metric == "loss" else s.select_metric
-        improved = p.record(metrics[key], higher_is_better=key != "valid_loss")
+        improved = p.record(record[key], higher_is_better=key != "valid_loss")
         self.schedule.after_validation(improved)
         elapsed = (p.history[-1]["elapsed_s"] if p.history else 0.0) + time.monotonic() - started
-        record = {
-            "epoch": p.epoch,
-            "step": p.step,
-            **metrics,
-            "best": improved,
-            "elapsed_s": elapsed,
-        }
+        record.update(best=improved, elapsed_s=elapsed)
         p.history.append(record)
         self.log.write(**record)
-        if improved and self.info.is_main:
-            self.task.save(s.run_dir / "best", {"settings": s.to_dict(), **record})
+        if self.info.is_main:
+            print(json.dumps(record), flush=True)
+            if improved:
+                self.task.save(s.run_dir / "best", {"settings": s.to_dict(), **record})
         return p.bad_epochs >= s.patience
+
+    def save(self) -> None:
+        """Write the checkpoint (main process), with every process's carry in global row order."""
+        mid_epoch = self.progress.batch > 0  # at an epoch's end the next one starts afresh
+        carry = {k: gather_shards(v, self.info) for k, v in self.carry.items()} if mid_epoch else {}
+        if self.info.is_main:
+            state = (self.core, self.optimizer, self.schedule, self.progress)
+            save_checkpoint(self.checkpoint_path, *state, carry)
+
+    def restore(self) -> None:
+        """Continue from the checkpoint: model, optimizer, schedule, RNG, progress, carry (our rows)."""
+        progress, carry = load_checkpoint(
+            self.checkpoint_path, self.core, self.optimizer, self.schedule
+        )
+        self.progress = progress
+        self.carry = {
+            k: v[self.info.rank :: self.info.world_size].to(self.device) for k, v in carry.items()
+        }
 
     def run(self) -> Progress:
         """Train until the epochs, max_steps or patience run out; the best model is in run_dir/best."""
         s = self.settings
-        s.run_dir.mkdir(parents=True, exist_ok=True)
         if s.resume and self.checkpoint_path.is_file():
-            self.progress = load_checkpoint(
-                self.checkpoint_path, self.core, self.optimizer, self.schedule
-            )
+            self.restore()
         else:
             if self.info.is_main:
                 (s.run_dir / METRICS_LOG).unlink(missing_ok=True)
@@ -246,31 +258,19 @@ class Trainer:
         p = self.progress
         while p.epoch < s.epochs:
             started = self.started = time.monotonic()
-            finished = self.train_epoch()
+            finished, stats = self.train_epoch()
             if finished:
                 p.epoch, p.batch = p.epoch + 1, 0
             # a max_steps stop mid-epoch is validated too; one right at an epoch's start already was
-            stop = self.end_epoch(started) if finished or p.batch else True
-            if self.info.is_main:
-                save_checkpoint(self.checkpoint_path, self.core, self.optimizer, self.schedule, p)
+            stop = True
+            if finished or p.batch:
+                # validating and saving best/ (which builds a model) must not move the training's
+                # random numbers: a run stopped here and resumed then draws what one run would
+                with torch.random.fork_rng(
+                    devices=[self.device] if self.device.type == "cuda" else []
+                ):
+                    stop = self.end_epoch(started, stats)
+            self.save()
             if stop or not finished:
                 break
         return p
-
-
-def train(settings: LoopSettings, make_task: Callable[..., Task]) -> Progress:
-    """Set up this process (alone or under torchrun), build the task and train it."""
-    info, device = setup(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        task = make_task(settings, info, device)
-        progress = Trainer(task, settings, info, device).run()
-    finally:
-        teardown(info)
-    if info.is_main:
-        best = progress.best_metric
-        print(
-            f"{settings.run_dir}: {progress.step} steps, {progress.epoch} epochs, best {settings.select_metric} {best}"
-        )
-    return progress

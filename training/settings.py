@@ -49,6 +49,7 @@ class LoopSettings:
     metric_subset: int = setting(500, "validation examples decoded greedily for bleu / cider")
     seed: int = setting(1, "random seed of initialisation, shuffling and dropout")
     log_every: int = setting(50, "write a metrics line every this many steps")
+    measure_memory: bool = setting(False, "log each epoch's peak bytes autograd keeps for backward")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     threads: int = setting(0, "torch CPU threads per process (0: torch's choice)")
     resume: bool = setting(False, "continue from <run>/checkpoint.pt when it exists")
@@ -70,8 +71,25 @@ class LoopSettings:
         return dataclasses.asdict(self)
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, settings_class: type[LoopSettings]) -> None:
-    """One kebab-case flag per settings field; unset flags keep the preset's (or default) value."""
+def settings_parser(
+    settings_class: type[LoopSettings], kind: str, description: str | None
+) -> argparse.ArgumentParser:
+    """`--preset` and one kebab-case flag per settings field; unset flags keep the preset's value.
+
+    `--help` states each setting's effective default: the preset's value (`--preset NAME --help`
+    shows that preset's), else the dataclass default.
+    """
+    parser = argparse.ArgumentParser(description=description, add_help=False)
+    flags: dict[str, argparse.Action] = {}  # filled below; read when --help runs
+    parser.add_argument(
+        "-h",
+        "--help",
+        action=_EffectiveHelp,
+        settings_class=settings_class,
+        kind=kind,
+        flags=flags,
+        help="show this help, with the defaults of --preset (give it first), and exit",
+    )
     parser.add_argument(
         "--preset",
         default="default",
@@ -79,17 +97,62 @@ def add_setting_flags(parser: argparse.ArgumentParser, settings_class: type[Loop
     )
     hints = typing.get_type_hints(settings_class)
     for f in dataclasses.fields(settings_class):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = (
-            f"{f.metadata.get('help', '')} (default: {f.default!r}, unless the preset sets it)"
-        )
-        kind = hints[f.name]
-        if kind is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        flag, kind_of = "--" + f.name.replace("_", "-"), hints[f.name]
+        text = _help_text(f)  # until --help names the preset's values
+        if kind_of is bool:
+            action = parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            parser.add_argument(flag, type=_scalar_type(kind), default=None, help=help_text)
+            action = parser.add_argument(flag, type=_scalar_type(kind_of), default=None, help=text)
+        flags[f.name] = action
+    return parser
+
+
+class _EffectiveHelp(argparse.Action):
+    """--help whose defaults are the values a run with the chosen preset would use."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        settings_class: type[LoopSettings],
+        kind: str,
+        flags: dict[str, argparse.Action],
+        help: str | None = None,  # noqa: A002 - argparse's name
+    ) -> None:
+        super().__init__(
+            option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+        self.settings_class, self.kind, self.flags = settings_class, kind, flags
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        preset = namespace.preset
+        try:
+            effective = resolve_settings(
+                self.settings_class, self.kind, argparse.Namespace(preset=preset)
+            )
+            source = f"preset {preset}"
+        except (OSError, ValueError, TypeError) as error:  # still show help for a broken preset
+            effective, source = self.settings_class(), f"dataclass; preset {preset}: {error}"
+        fields = {f.name: f for f in dataclasses.fields(self.settings_class)}
+        for name, action in self.flags.items():
+            action.help = _help_text(fields[name], getattr(effective, name))
+        parser.epilog = f"Defaults shown are those of {source}.".replace("%", "%%")
+        parser.print_help()
+        parser.exit()
+
+
+def _help_text(f: dataclasses.Field[Any], default: Any = dataclasses.MISSING) -> str:
+    """A field's help and its default (the dataclass's unless given), `%` escaped for argparse."""
+    value = f.default if default is dataclasses.MISSING else default
+    return f"{f.metadata.get('help', '')} (default: {value!r})".replace("%", "%%")
 
 
 def _scalar_type(kind: Any) -> type:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -75,14 +75,19 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
     progress: Progress,
+    carry: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write everything needed to continue exactly, atomically (tmp file then rename)."""
+    """Write everything needed to continue exactly, atomically (tmp file then rename).
+
+    `carry` is what the next batch of an unfinished epoch starts from (truncated BPTT's state).
+    """
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": {"scale": schedule.scale},
         "progress": asdict(progress),
         "rng": _rng_state(),
+        "carry": {k: v.cpu() for k, v in (carry or {}).items()},
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -94,14 +99,14 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
-) -> Progress:
-    """Restore model, optimizer, schedule and RNG state; return the saved progress."""
+) -> tuple[Progress, dict[str, Tensor]]:
+    """Restore model, optimizer, schedule and RNG state; return the saved progress and carry."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.scale = float(state["schedule"]["scale"])
     _set_rng_state(state["rng"])
-    return Progress(**state["progress"])
+    return Progress(**state["progress"]), state.get("carry", {})
 
 
 def _rng_state() -> dict[str, Any]:

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from training.loop import train
-from training.settings import add_setting_flags, resolve_settings
-from training.state import Progress
+from training.command import TrainingCommand
 from training.translation import TranslationTask, TranslatorSettings
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """Flags: a preset, then any setting of the preset overridden by name."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_setting_flags(parser, TranslatorSettings)
-    return parser
-
-
-def main(args: argparse.Namespace) -> Progress:
-    """Train with the preset and flags in `args`; the best model lands in <run>/best."""
-    return train(resolve_settings(TranslatorSettings, "translator", args), TranslationTask)
-
+COMMAND = TrainingCommand("translator", TranslatorSettings, TranslationTask, __doc__)
+get_args_parser, main = COMMAND.get_args_parser, COMMAND.main
 
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from models.checkpoint import save_model
 from models.encoders import TextEncoderConfig
@@ -17,10 +17,11 @@ from models.search import SearchOptions
 from models.tokenizers import SentencePieceTokenizer, WordTokenizer
 from models.translator import Translator, TranslatorConfig
 from models.vocabulary import Vocabulary
+from training.batching import example_batches
 from training.captioning import manifest_checksum
 from training.data.loaders import load_aligned
 from training.distributed import Distributed
-from training.loop import Batch
+from training.loop import Batch, Carry
 from training.metrics import translation_scores
 from training.predict import translate_texts
 from training.settings import LoopSettings, setting
@@ -160,8 +161,9 @@ class TranslationTask:
             encoded = [(s, t) for s, t in encoded if len(s) <= limit and len(t) <= limit + 1]
         return encoded
 
-    def lengths(self, split: str) -> list[int]:
-        return [max(len(s), len(t)) for s, t in self.examples[split]]
+    def batches(self, split: str, epoch: int) -> list[list[int]]:
+        lengths = [max(len(s), len(t)) for s, t in self.examples[split]]
+        return example_batches(lengths, split, epoch, self.settings.batch_size, self.settings.seed)
 
     def batch(self, split: str, indices: list[int], device: torch.device) -> Batch:
         pairs = [self.examples[split][i] for i in indices]
@@ -172,8 +174,16 @@ class TranslationTask:
     def teacher_forced(self) -> nn.Module:
         return self.model
 
-    def decode_metrics(self, limit: int, device: torch.device) -> dict[str, float]:
-        pairs = self.pairs["valid"][:limit]
+    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
+        return module(*batch.inputs), carry  # sentence pairs are independent: nothing carried
+
+    def epoch_metrics(
+        self, record: dict[str, Any], decode: bool, device: torch.device
+    ) -> dict[str, float]:
+        """Greedy BLEU and chrF of the first `metric_subset` validation pairs, when `decode`."""
+        if not decode:
+            return {}
+        pairs = self.pairs["valid"][: self.settings.metric_subset]
         hypotheses = self.translations(
             [s for s, _ in pairs], SearchOptions("greedy", max_length=200)
         )
