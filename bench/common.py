@@ -1,4 +1,4 @@
-"""What the benchmarks share: machine facts, the models under test, inputs, and server processes."""
+"""What the benchmarks share: their flags and tables, machine facts, the models, inputs, servers."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
+import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.server import Server, free_port
 from models.checkpoint import LoadedModel
 from models.vocabulary import Vocabulary
 
@@ -30,6 +29,23 @@ GOLDEN_IMAGE = ROOT / "tests" / "fixtures" / "images" / "emoji_cat_face.png"
 EMOJI = ROOT / "data" / "emoji" / "images" / "google"
 SENTENCES = ROOT / "data" / "de-en" / "test.en"
 MODEL_CHOICES = ("pretrained", "random", "tiny")
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its module docstring as the description, kept as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str, note: str = "") -> None:
+    """The `--out` flag: the JSON report, bench/results/`name` by default."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / name,
+        help=f"JSON output{note} (default: bench/results/{name})",
+    )
 
 
 def add_models_argument(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +81,19 @@ def environment(**extra: Any) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, "-m", *sys.argv]),
         **extra,
     }
+
+
+def medians(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """The median of each of `keys` over repeated runs."""
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
+
+
+def print_table(header: Sequence[str], rows: list[Sequence[object]]) -> None:
+    """A markdown table: the header, its rule, one line per row."""
+    print(f"| {' | '.join(header)} |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print(f"| {' | '.join(str(cell) for cell in row)} |")
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -226,122 +255,20 @@ def image_bytes() -> bytes:
     return IMAGE.read_bytes()
 
 
-# -- server processes -----------------------------------------------------------------------
+# -- servers --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A server started in its own process group, and how long it took to answer `ready_path`."""
-
-    name: str
-    url: str
-    process: subprocess.Popen
-    log: Path
-    start_s: float = 0.0
-
-    def rss_mb(self) -> dict[str, float]:
-        """Resident and proportional memory of the server and its children, in MB."""
-        import psutil
-
-        root = psutil.Process(self.process.pid)
-        procs = [root, *root.children(recursive=True)]
-        rss = pss = 0
-        for proc in procs:
-            try:
-                info = proc.memory_full_info()
-            except psutil.Error:
-                continue
-            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-        return {
-            "rss_mb": round(rss / 1e6, 1),
-            "pss_mb": round(pss / 1e6, 1),
-            "processes": len(procs),
-        }
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def start_server(
-    name: str,
-    command: list[str],
-    env: dict[str, str],
-    port: int,
-    log: Path,
-    ready_path: str = "/readyz",
-    timeout_s: float = 300,
-    ready_lines: tuple[str, int] | None = None,
+def simple_server(
+    dirs: dict[str, Path], log: Path, device: str, autocast: str, threads: int = 0
 ) -> Server:
-    """Start `command` and wait until GET `ready_path` answers 200 and, with `ready_lines`
-    (text, n), until the log holds n lines with that text (one per worker: /readyz answers
-    from whichever worker accepts the connection); `start_s` is that wait."""
-    import httpx
-
-    started = time.perf_counter()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(name, f"http://127.0.0.1:{port}", process, log)
-    while True:
-        if process.poll() is not None or time.perf_counter() - started > timeout_s:
-            server.stop()
-            raise RuntimeError(f"{name} did not become ready:\n{log.read_text()[-3000:]}")
-        try:
-            ready = httpx.get(server.url + ready_path, timeout=2).status_code == 200
-        except httpx.TransportError:
-            ready = False
-        if ready and ready_lines is not None:
-            text, count = ready_lines
-            ready = log.read_text(errors="replace").count(text) >= count
-        if ready:
-            break
-        time.sleep(0.05)
-    server.start_s = time.perf_counter() - started
-    return server
-
-
-def bentoml_ready_lines(env: dict[str, str]) -> tuple[str, int]:
-    """What the service logs once per worker when it is ready, and how many workers `env` gives."""
-    from service.settings import Settings
-
-    workers = Settings.from_env({**os.environ, **env}).worker_count()
-    return "all models ready", workers
-
-
-def bentoml_command(port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-
-
-def simple_command(
-    dirs: dict[str, Path], port: int, device: str, autocast: str, threads: int = 0
-) -> list[str]:
-    return [
+    """The plain FastAPI server (bench/simple_server.py) on the same models, started."""
+    port = free_port()
+    command = [
         sys.executable, "-m", "bench.simple_server",
         "--captioner", str(dirs["captioner"]), "--translator", str(dirs["translator"]),
         "--port", str(port), "--device", device, "--autocast", autocast, "--threads", str(threads),
     ]  # fmt: skip
+    return Server.start("simple", command, port, log, ready_path="/healthz")
 
 
 def synchronize(device: torch.device) -> None:

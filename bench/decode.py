@@ -29,9 +29,7 @@ BEAM = SearchOptions("beam", beam_size=5, max_length=30)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed repeats per cell (default: 5)"
     )
@@ -54,12 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--autocast", default="none", choices=("none", "bf16", "fp16"), help="(default: none)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench/results/decode.json"),
-        help="JSON output (default: bench/results/decode.json)",
-    )
+    common.add_out_argument(parser, "decode.json")
     return parser
 
 

@@ -21,9 +21,7 @@ from bench import common, decode, serving
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda)")
     parser.add_argument(
         "--autocast", default="bf16", choices=("none", "bf16", "fp16"), help="(default: bf16)"

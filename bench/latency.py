@@ -8,23 +8,18 @@ greedy and beam-5 decoding, one request at a time after 3 warm-up requests, and 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-import httpx
+from bench import common
+from harness.load import Request, caption_request, closed_loop, translate_request
 
-IMAGE = Path("tests/fixtures/images/photo_house.jpg")
 METHODS = {"greedy": {"decoding": "greedy"}, "beam5": {"decoding": "beam", "beam_size": 5}}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--url",
         default="http://127.0.0.1:3000",
@@ -33,52 +28,40 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--requests", type=int, default=20, help="timed requests per cell (default: 20)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench/results/latency.json"),
-        help="JSON output (default: bench/results/latency.json)",
-    )
+    common.add_out_argument(parser, "latency.json")
     return parser
 
 
-def requesters(client: httpx.Client) -> dict[str, Callable[[dict], httpx.Response]]:
-    image = IMAGE.read_bytes()
+def cells() -> dict[str, Request]:
+    """Each endpoint with each decoding method."""
+    image = common.image_bytes()
     return {
-        "caption": lambda options: client.post(
-            "/caption",
-            files={"image": (IMAGE.name, image, "image/jpeg")},
-            data={"options": json.dumps(options)},
-        ),
-        "translate": lambda options: client.post(
-            "/translate", json={"sentences": ["Where is the station?"], "options": options}
-        ),
+        f"{endpoint} {method}": (
+            caption_request(image, options, common.IMAGE.name)
+            if endpoint == "caption"
+            else translate_request(["Where is the station?"], options)
+        )
+        for endpoint in ("caption", "translate")
+        for method, options in METHODS.items()
     }
 
 
-def median_ms(send: Callable[[dict], httpx.Response], options: dict, count: int) -> float:
-    for _ in range(3):
-        send(options)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        response = send(options)
-        times.append((time.perf_counter() - start) * 1000)
-        response.raise_for_status()
-    return round(statistics.median(times), 1)
+def median_ms(url: str, request: Request, count: int) -> float:
+    """Median latency of `count` requests sent one at a time, after 3 unmeasured ones."""
+    answers = asyncio.run(closed_loop(url, [request], clients=1, count=3 + count))
+    if set(answers.statuses()) != {200}:
+        raise RuntimeError(f"{request.path} answered {dict(answers.statuses())}")
+    return round(statistics.median(a.latency_ms for a in answers.answers[3:]), 1)
 
 
 def main(args: argparse.Namespace) -> None:
-    with httpx.Client(base_url=args.url, timeout=60) as client:
-        results = {
-            f"{endpoint} {method}": median_ms(send, options, args.requests)
-            for endpoint, send in requesters(client).items()
-            for method, options in METHODS.items()
-        }
+    results = {
+        cell: median_ms(args.url, request, args.requests) for cell, request in cells().items()
+    }
     report = {
         "url": args.url,
         "requests": args.requests,
-        "load_average": os.getloadavg()[0],
+        "load_average": common.load_average()[0],
         "median_ms": results,
     }
     for cell, ms in results.items():

@@ -28,19 +28,12 @@ KEYS = ("greedy", "beam5", "beam5_one_at_a_time", "beam5_over_greedy", "batched_
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--rev", default="50e6326", help="the 'before' revision (default: 50e6326)")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64], help="(default: 16 64)")
     parser.add_argument("--repeats", type=int, default=2, help="repeats per side (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=common.RESULTS / "search_ab.json",
-        help="JSON output (default: bench/results/search_ab.json)",
-    )
+    common.add_out_argument(parser, "search_ab.json")
     return parser
 
 

@@ -31,9 +31,7 @@ class TranslateRequest(BaseModel):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--captioner", type=Path, required=True, help="model directory (required)")
     parser.add_argument("--translator", type=Path, required=True, help="model directory (required)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

@@ -2,37 +2,31 @@
 
 Usage: python -m bench.startup [--models pretrained] [--repeats 3] [--out bench/results/startup.json]
 
-Starts our BentoML service (`bentoml serve`, ready = GET /readyz 200: models loaded and golden
-checks passed) and the plain FastAPI server (ready = GET /healthz 200) in turn, `--repeats` times,
-alternating which goes first; reports medians. Memory is RSS and PSS (shared pages split between
-processes) summed over each server's process tree, idle after ready.
+Starts our BentoML service (`bentoml serve`, ready = GET /readyz 200 and every worker has logged
+that its models are ready: loaded and golden checks passed) and the plain FastAPI server (ready =
+GET /healthz 200) in turn, `--repeats` times, alternating which goes first; reports medians.
+Memory is RSS and PSS (shared pages split between processes) summed over each server's process
+tree, idle after ready.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import common
+from harness.server import Server
 
 SIDES = ("bentoml", "simple")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     common.add_models_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="starts per server (default: 3)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=common.RESULTS / "startup.json",
-        help="JSON output (default: bench/results/startup.json)",
-    )
+    common.add_out_argument(parser, "startup.json")
     return parser
 
 
@@ -58,30 +52,38 @@ def model_sizes(dirs: dict[str, Path]) -> dict[str, Any]:
 
 
 def start_once(side: str, dirs: dict[str, Path], home: Path, workdir: Path) -> dict[str, Any]:
-    port = common.free_port()
+    """Start one server, wait until it is ready, measure it idle, stop it."""
+    log = workdir / f"{side}.log"
     if side == "bentoml":
-        env = {"BENTOML_HOME": str(home), "SEQSERVE_GPUS": "0"}
-        server = common.start_server(
-            side,
-            common.bentoml_command(port),
-            env,
-            port,
-            workdir / f"{side}.log",
-            ready_lines=common.bentoml_ready_lines(env),
-        )
+        server = Server.bentoml(home, log, {"SEQSERVE_GPUS": "0"})
     else:
-        command = common.simple_command(dirs, port, "cpu", "none")
-        server = common.start_server(
-            side, command, {}, port, workdir / f"{side}.log", ready_path="/healthz"
-        )
-    try:
+        server = common.simple_server(dirs, log, "cpu", "none")
+    with server:
+        server.wait_ready()
         return {
             "start_s": server.start_s,
-            **server.rss_mb(),
+            **server.memory(),
             "load_average": common.load_average()[0],
         }
-    finally:
-        server.stop()
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    rows = [
+        [
+            side, f"{s['start_s']:.2f}", f"{s['rss_mb']:.0f}", f"{s['pss_mb']:.0f}",
+            s["processes"], f"{max(r['load_average'] for r in s['runs']):.2f}",
+        ]
+        for side, s in report["servers"].items()
+    ]  # fmt: skip
+    common.print_table(
+        ("server", "command to ready s", "RSS MB", "PSS MB", "processes", "load"), rows
+    )
+    rows = []
+    for kind, size in report["model_sizes"].items():
+        extra = size.get("backbone_package_weights_mb")
+        note = f" (+ {extra} MB backbone weights from its pip package)" if extra else ""
+        rows.append([kind, f"{size['total_mb']:.2f}{note}", f"{size['parameters'] / 1e6:.2f} M"])
+    common.print_table(("model", "files MB", "parameters"), rows)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,27 +107,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
     report["servers"] = {
         side: {
-            **{k: statistics.median(r[k] for r in v) for k in ("start_s", "rss_mb", "pss_mb")},
+            **common.medians(v, ("start_s", "rss_mb", "pss_mb")),
             "processes": v[0]["processes"],
             "runs": v,
         }
         for side, v in runs.items()
     }
     common.write_report(report, args.out)
-    print("| server | command to ready s | RSS MB | PSS MB | processes | load |")
-    print("|---|---|---|---|---|---|")
-    for side, s in report["servers"].items():
-        load = max(r["load_average"] for r in s["runs"])
-        print(
-            f"| {side} | {s['start_s']:.2f} | {s['rss_mb']:.0f} | {s['pss_mb']:.0f} "
-            f"| {s['processes']} | {load:.2f} |"
-        )
-    print("| model | files MB | parameters |")
-    print("|---|---|---|")
-    for kind, size in report["model_sizes"].items():
-        extra = size.get("backbone_package_weights_mb")
-        note = f" (+ {extra} MB backbone weights from its pip package)" if extra else ""
-        print(f"| {kind} | {size['total_mb']:.2f}{note} | {size['parameters'] / 1e6:.2f} M |")
+    print_tables(report)
     return report
 
 

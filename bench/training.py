@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,7 @@ PRESETS = ("captioner", "translator")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--steps", type=int, default=60, help="optimizer steps per run (default: 60)"
     )
@@ -47,12 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[],
         help="more trainer flags for both, e.g. --threads 2 (default: none)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=common.RESULTS / "training.json",
-        help="JSON output (default: bench/results/training.json)",
-    )
+    common.add_out_argument(parser, "training.json")
     return parser
 
 
@@ -118,25 +110,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
     report["presets"] = {
-        kind: {
-            **{
-                k: statistics.median(r[k] for r in v)
-                for k in ("samples_per_s", "tokens_per_s", "step_s")
-            },
-            "runs": v,
-        }
+        kind: {**common.medians(v, ("samples_per_s", "tokens_per_s", "step_s")), "runs": v}
         for kind, v in runs.items()
     }
     common.write_report(report, args.out)
-    print("| preset | samples/s | tokens/s | ms/step | batch | threads | load |")
-    print("|---|---|---|---|---|---|---|")
-    for kind, p in report["presets"].items():
-        first = p["runs"][0]
-        load = max(r["load_average"] for r in p["runs"])
-        print(
-            f"| {kind} {args.preset} | {p['samples_per_s']:.1f} | {p['tokens_per_s']:.0f} "
-            f"| {p['step_s'] * 1000:.0f} | {first['batch_size']} | {first['threads']} | {load:.2f} |"
-        )
+    rows = [
+        [
+            f"{kind} {args.preset}", f"{p['samples_per_s']:.1f}", f"{p['tokens_per_s']:.0f}",
+            f"{p['step_s'] * 1000:.0f}", p["runs"][0]["batch_size"], p["runs"][0]["threads"],
+            f"{max(r['load_average'] for r in p['runs']):.2f}",
+        ]
+        for kind, p in report["presets"].items()
+    ]  # fmt: skip
+    header = ("preset", "samples/s", "tokens/s", "ms/step", "batch", "threads", "load")
+    common.print_table(header, rows)
     return report
 
 

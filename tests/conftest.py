@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.serving import ServeProcess
+from tests.serving import Server, start_server
 
 # Tests run torch on one thread: tiny models are fastest there, and two OpenMP threads spinning
 # against other processes made a toy training step 17x slower.
@@ -185,16 +185,13 @@ def pixel_bomb() -> bytes:
 @pytest.fixture(scope="session")
 def server(
     stored_models: StoredModels, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServeProcess]:
+) -> Iterator[Server]:
     """One `bentoml serve` process for the whole session, ready (golden checks passed)."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {
         "SEQSERVE_CAPTION_BODY_BYTES": str(2 * 1024 * 1024),  # small, so 413 is cheap to test
         "SEQSERVE_TRANSLATE_BODY_BYTES": str(256 * 1024),
     }
-    process = ServeProcess.start(BENTOML_HOME, log, env)
-    try:
+    with start_server(BENTOML_HOME, log, env) as process:
         process.wait_ready()
         yield process
-    finally:
-        process.stop()

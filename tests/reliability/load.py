@@ -2,8 +2,9 @@
 
     python -m tests.reliability.load [--duration 150] [--overload-duration 30] [--home DIR]
 
-Starts its own `bentoml serve` (tiny random-weight models in a temporary BentoML home, or the
-store in --home) and drives it from this process with httpx.AsyncClient:
+Starts its own `bentoml serve` (one worker; tiny random-weight models in a temporary BentoML home,
+or the store in --home) and drives it from this process with the harness's load client
+(harness/load.py, aiohttp), captions and translations alternating:
 
 1. warm-up (--warmup s, not counted), then capacity: closed loop, --clients concurrent clients
    for --measure seconds -> requests/s;
@@ -28,46 +29,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-import httpx
-
+from harness.load import Request, Tally, caption_request, closed_loop, open_loop, translate_request
+from harness.server import Server, http_status
 from tests.reliability.media import encoded, photo_like
-from tests.serving import ServeProcess, rss_mb
+from tests.serving import rss_mb, start_server
 
 SENTENCES = ["the cat sits on the mat .", "where is the station ?"]
 OPTIONS = {"max_length": 12}
-# below the server's keep-alive timeout (uvicorn: 5 s): a connection the server may be closing
-# is never reused, so a POST cannot race the close (httpx's default is also 5 s)
-KEEPALIVE_S = 2.0
-
-
-@dataclass
-class Tally:
-    """Answers of one phase."""
-
-    statuses: Counter = field(default_factory=Counter)
-    bad_bodies: int = 0  # errors without the JSON error shape
-    finished: list[float] = field(default_factory=list)  # monotonic end time of each 200
-    answered: list[float] = field(default_factory=list)  # monotonic end time of every answer
-
-    def record(self, response: httpx.Response | Exception) -> None:
-        if isinstance(response, Exception):
-            self.statuses[f"{type(response).__name__}: {response}"[:120]] += 1
-            return
-        self.statuses[response.status_code] += 1
-        self.answered.append(time.monotonic())
-        if response.status_code == 200:
-            self.finished.append(time.monotonic())
-            return
-        try:
-            error = response.json()["error"]
-            assert isinstance(error["code"], str) and isinstance(error["message"], str)
-        except Exception:
-            self.bad_bodies += 1
+RECOVERY_S = 15
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,83 +59,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def one_request(
-    client: httpx.AsyncClient, turn: int, image: bytes
-) -> httpx.Response | Exception:
-    """Alternately a caption and a translation of two sentences."""
-    try:
-        if turn % 2:
-            return await client.post(
-                "/translate", json={"sentences": SENTENCES, "options": OPTIONS}
-            )
-        files = {"image": ("a.png", image)}
-        return await client.post("/caption", files=files, data={"options": json.dumps(OPTIONS)})
-    except httpx.HTTPError as error:  # counted by its type: a failure unless a status
-        return error
-
-
-async def closed_loop(url: str, clients: int, seconds: float, tally: Tally) -> None:
-    """`clients` clients, each sending its next request when the previous one answered."""
+def load_requests() -> list[Request]:
+    """A caption of a small photo-like PNG, then a translation of two sentences."""
     image = encoded(photo_like())
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(base_url=url, timeout=90, limits=limits) as client:
-
-        async def user(index: int) -> None:
-            turn = index
-            while time.monotonic() < deadline:
-                tally.record(await one_request(client, turn, image))
-                turn += 1
-
-        await asyncio.gather(*(user(i) for i in range(clients)))
-
-
-async def open_loop(url: str, rate: float, seconds: float, tally: Tally, connections: int) -> None:
-    """Requests started at `rate` per second whatever the answers (an arrival process).
-
-    The connections are spread over 8 clients: one httpx pool with hundreds of waiting requests
-    spends more CPU managing its queue than sending (measured: 429s then took 20 s to arrive).
-    """
-    image = encoded(photo_like())
-    shards = 8
-    limits = httpx.Limits(
-        max_connections=max(1, connections // shards), keepalive_expiry=KEEPALIVE_S
-    )
-    clients = [httpx.AsyncClient(base_url=url, timeout=90, limits=limits) for _ in range(shards)]
-    started, pending, turn = time.monotonic(), set(), 0
-    try:
-        while (now := time.monotonic()) - started < seconds:
-            while turn < (now - started) * rate:
-                task = asyncio.create_task(one_request(clients[turn % shards], turn, image))
-                task.add_done_callback(lambda t: tally.record(t.result()))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                turn += 1
-            await asyncio.sleep(0.005)
-        if pending:
-            await asyncio.wait(pending)
-    finally:
-        for client in clients:
-            await client.aclose()
+    return [
+        caption_request(image, OPTIONS, "a.png", "image/png"),
+        translate_request(SENTENCES, OPTIONS),
+    ]
 
 
 def probe_health(url: str, stop: Event, results: Queue) -> None:
     """In a process of its own, so that the load's busy event loop cannot delay it: GET /livez
     and /readyz every half second; each must answer 200 within 2 s."""
     counts: Counter = Counter()
-    with httpx.Client(base_url=url, timeout=2) as client:
-        results.put("probing")
-        while not stop.is_set():
-            for path in ("/livez", "/readyz"):
-                try:
-                    counts[f"{path} {client.get(path).status_code}"] += 1
-                except httpx.HTTPError as error:
-                    counts[f"{path} {type(error).__name__}"] += 1
-            stop.wait(0.5)
+    results.put("probing")
+    while not stop.is_set():
+        for path in ("/livez", "/readyz"):
+            status = http_status(url + path, timeout=2.0)
+            counts[f"{path} {status if status is not None else 'no answer in 2 s'}"] += 1
+        stop.wait(0.5)
     results.put(dict(counts))
 
 
-async def sample_memory(server: ServeProcess, stop: asyncio.Event, samples: list[float]) -> None:
+async def sample_memory(server: Server, stop: asyncio.Event, samples: list[float]) -> None:
     while not stop.is_set():
         worker = server.worker()
         if worker is not None:
@@ -170,44 +89,54 @@ async def sample_memory(server: ServeProcess, stop: asyncio.Event, samples: list
         await asyncio.sleep(2)
 
 
-def per_second(finished: list[float], start: float) -> list[int]:
-    """Completed requests in each whole second after `start`."""
-    counts = Counter(int(t - start) for t in finished if t >= start)
+def per_second(answers: Tally) -> list[int]:
+    """Requests answered 200 in each whole second after the run started."""
+    counts = Counter(int(a.answered - answers.started) for a in answers.ok())
     return [counts.get(second, 0) for second in range(max(counts, default=-1) + 1)]
 
 
-async def run_phases(server: ServeProcess, args: argparse.Namespace) -> dict:
-    url = server.url
-    worker = server.worker()
-    cold_mb = rss_mb(worker)
-    warm = Tally()  # not counted: the worker's threads and allocator caches grow to their size
-    await closed_loop(url, args.clients, args.warmup, warm)
-    warm_mb = rss_mb(worker)
-    measured = Tally()
-    await closed_loop(url, args.clients, args.measure, measured)
-    capacity = len(measured.finished) / args.measure
-
-    steady, memory, stop = Tally(), [], asyncio.Event()
+async def steady_phase(server: Server, args: argparse.Namespace) -> tuple[Tally, list[float]]:
+    """The closed loop for --duration s, sampling the worker's memory every 2 s."""
+    memory: list[float] = []
+    stop = asyncio.Event()
     sampler = asyncio.create_task(sample_memory(server, stop, memory))
-    await closed_loop(url, args.clients, args.duration, steady)
+    steady = await closed_loop(server.url, load_requests(), args.clients, args.duration)
     stop.set()
     await sampler
+    return steady, memory
 
+
+async def overload_phase(
+    url: str, rate: float, args: argparse.Namespace
+) -> tuple[Tally, float, dict]:
+    """The open loop at `rate` while another process probes /livez and /readyz: its answers,
+    seconds until the last one, and the probes' statuses."""
     spawn = multiprocessing.get_context("spawn")
-    overload, stop, results = Tally(), spawn.Event(), spawn.Queue()
+    stop, results = spawn.Event(), spawn.Queue()
     prober = spawn.Process(target=probe_health, args=(url, stop, results))
     prober.start()
     assert results.get(timeout=60) == "probing"
-    overload_started = time.monotonic()
-    await open_loop(url, 2 * capacity, args.overload_duration, overload, args.connections)
-    overload_s = time.monotonic() - overload_started
+    requests = load_requests()
+    overload = await open_loop(url, requests, rate, args.overload_duration, args.connections)
+    overload_s = time.perf_counter() - overload.started
     stop.set()
     probes = results.get(timeout=30)
     prober.join(10)
+    return overload, overload_s, probes
 
-    recovery, after = Tally(), time.monotonic()
-    await closed_loop(url, args.clients, 15, recovery)
-    seconds = per_second(recovery.finished, after)
+
+async def run_phases(server: Server, args: argparse.Namespace) -> dict:
+    url, requests, worker = server.url, load_requests(), server.worker()
+    cold_mb = rss_mb(worker)
+    # not counted: the worker's threads and allocator caches grow to their size
+    warm = await closed_loop(url, requests, args.clients, args.warmup)
+    warm_mb = rss_mb(worker)
+    measured = await closed_loop(url, requests, args.clients, args.measure)
+    capacity = len(measured.ok()) / args.measure
+    steady, memory = await steady_phase(server, args)
+    overload, overload_s, probes = await overload_phase(url, 2 * capacity, args)
+    recovery = await closed_loop(url, requests, args.clients, RECOVERY_S)
+    seconds = per_second(recovery)
     recovered = next((i + 1 for i, n in enumerate(seconds) if n >= 0.8 * capacity), None)
 
     window = max(1, len(memory) // 5)
@@ -217,14 +146,14 @@ async def run_phases(server: ServeProcess, args: argparse.Namespace) -> dict:
         "clients": args.clients,
         "warmup": {
             "seconds": args.warmup,
-            "statuses": dict(warm.statuses),
+            "statuses": dict(warm.statuses()),
             "worker_rss_mb_before_after": [round(cold_mb, 1), round(warm_mb, 1)],
         },
         "steady": {
             "seconds": args.duration,
-            "requests": sum(steady.statuses.values()),
-            "statuses": dict(steady.statuses),
-            "throughput_rps": round(len(steady.finished) / args.duration, 1),
+            "requests": len(steady.answers),
+            "statuses": dict(steady.statuses()),
+            "throughput_rps": round(len(steady.ok()) / args.duration, 1),
             "worker_rss_mb_first_last": [round(first, 1), round(last, 1)],
             "memory_drift_percent": round(100 * (last - first) / first, 2),
             "worker_rss_mb_samples": [round(m) for m in memory[:: max(1, len(memory) // 20)]],
@@ -232,11 +161,13 @@ async def run_phases(server: ServeProcess, args: argparse.Namespace) -> dict:
         "overload": {
             "offered_rps": round(2 * capacity, 1),
             "seconds": round(overload_s, 1),
-            "requests": sum(overload.statuses.values()),
-            "statuses": {str(k): v for k, v in overload.statuses.items()},
-            "errors_without_json_body": overload.bad_bodies,
-            "served_rps": round(len(overload.finished) / overload_s, 1),
-            "answered_rps": round(len(overload.answered) / overload_s, 1),
+            "requests": len(overload.answers),
+            "statuses": {str(k): v for k, v in overload.statuses().items()},
+            "errors_without_json_body": overload.errors_without_shape(),
+            "served_rps": round(len(overload.ok()) / overload_s, 1),
+            "answered_rps": round(
+                sum(isinstance(a.status, int) for a in overload.answers) / overload_s, 1
+            ),
             "health_probes": dict(probes),
         },
         "recovery": {"per_second": seconds, "seconds_to_80_percent": recovered},
@@ -272,13 +203,12 @@ def main(args: argparse.Namespace) -> int:
         build_tiny_models()
         home = BENTOML_HOME
     env = {"SEQSERVE_MAX_IN_FLIGHT": str(args.max_in_flight), "SEQSERVE_TORCH_THREADS": "0"}
-    server = ServeProcess.start(home, scratch / "serve.log", env)
     try:
-        server.wait_ready()
-        report = asyncio.run(run_phases(server, args))
-        report["server_log_500s"] = server.log_text().count("status=500")
+        with start_server(home, scratch / "serve.log", env) as server:
+            server.wait_ready()
+            report = asyncio.run(run_phases(server, args))
+            report["server_log_500s"] = server.log_text().count("status=500")
     finally:
-        server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
         if args.home is None:
             shutil.rmtree(home, ignore_errors=True)

@@ -24,7 +24,7 @@ import pytest
 
 from tests.reliability.checks import assert_error
 from tests.reliability.media import encoded, photo_like
-from tests.serving import ServeProcess, copy_store, rss_mb
+from tests.serving import Server, copy_store, rss_mb, start_server
 
 pytestmark = [pytest.mark.reliability, pytest.mark.service]
 TIMEOUT_S = 2.0
@@ -36,7 +36,7 @@ FOREVER = {"min_length": 200, "max_length": 200}  # the end token is forbidden: 
 HOOKS = Path(__file__).parent / "hooks"  # the test-only fault hook (sitecustomize.py)
 
 
-class FaultServer(ServeProcess):
+class FaultServer(Server):
     """The server with its fault directory and its private BentoML home."""
 
     faults: Path
@@ -64,14 +64,10 @@ def fault_server(stored_models, tmp_path_factory) -> Iterator[FaultServer]:
         "PYTHONPATH": python_path,
         "RELIABILITY_FAULTS_DIR": str(faults),
     }
-    started = ServeProcess.start(home, root / "serve.log", env)
-    server = FaultServer(started.url, started.log, started.process)
-    server.faults, server.home = faults, home
-    try:
+    with start_server(home, root / "serve.log", env, FaultServer) as server:
+        server.faults, server.home = faults, home
         server.wait_ready()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
