@@ -144,3 +144,30 @@ def test_help_shows_the_defaults_a_run_would_use(
         flag_help = text.split(f"--{name.replace('_', '-')} ", 1)[1]
         assert f"(default: {getattr(settings, name)!r})" in flag_help.split(" --")[0], name
     assert f"(default: {values['lr']!r})" in text  # the preset's value, not the dataclass's
+
+
+def _captioner_flags(tmp_path: Path, *flags: str) -> list[str]:
+    cache = str(tmp_path / "cache")
+    return ["--preset", "tiny", "--output-dir", str(tmp_path), "--feature-cache", cache, *flags]
+
+
+def test_empty_split_says_which_filter_emptied_it(tmp_path: Path) -> None:
+    """Issue 13: a style filter that drops every image ends in words, not a metric's traceback."""
+    flags = _captioner_flags(tmp_path, "--styles", "twitter", "--no-progress")
+    with pytest.raises(SystemExit) as stopped:
+        train_captioner.COMMAND.run(flags)
+    message = str(stopped.value)
+    assert "train split is empty" in message and "--styles twitter" in message
+    assert "dataset_emoji.json" in message
+
+
+def test_show_attend_tell_trains_with_its_penalty_and_reloads(tmp_path: Path) -> None:
+    flags = ["--attention", "additive", "--attention-input", "--attention-penalty", "1.0"]
+    args = train_captioner.get_args_parser().parse_args(
+        _captioner_flags(tmp_path, *flags, "--max-steps", "4", "--no-progress")
+    )
+    train_captioner.main(args)
+    loaded = load_model(tmp_path / "captioner_tiny" / "best")
+    assert loaded.model.config.decoder.attention_input
+    losses = step_losses(read_metrics(tmp_path / "captioner_tiny"))
+    assert losses and all(loss == loss for loss in losses.values())  # logged and finite

@@ -11,15 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from models.attention import doubly_stochastic_penalty
 from models.captioner import Captioner, CaptionerConfig
 from models.checkpoint import save_model
 from models.encoders import ImageEncoderConfig
 from models.inference import pad_batch
 from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
-from models.vocabulary import END, START, Vocabulary
+from models.vocabulary import END, PAD, START, Vocabulary
 from training.batching import example_batches
-from training.data.loaders import CaptionExample, load_karpathy
+from training.data.loaders import CaptionExample, DataFormatError, load_karpathy
 from training.distributed import Distributed
 from training.features import FeatureCache
 from training.loop import Batch, Carry
@@ -45,8 +46,15 @@ class CaptionerSettings(LoopSettings):
         128, "encoder input size in pixels (emoji are 64 px; 128 costs a third of 224)"
     )
     attention: str = setting(
-        "none", "none (Show and Tell), additive (Show, Attend and Tell) or multiplicative"
+        "none", "none (Show and Tell), additive (Bahdanau) or multiplicative (Luong)"
     )
+    attention_input: bool = setting(
+        False, "Show, Attend and Tell: attend before each step, gated context into the LSTM input"
+    )
+    attention_penalty: float = setting(
+        0.0, "lambda of the doubly stochastic attention penalty, per caption (0: off)"
+    )
+    language: str = setting("en", "caption language: en, or a code with sentences_<code> (de)")
     inject_context: bool = setting(False, "also feed the image vector with every word")
     cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn")
     embed_size: int = setting(256, "word embedding size")
@@ -59,17 +67,38 @@ class CaptionerSettings(LoopSettings):
     decode_max_length: int = setting(24, "longest caption decoded for metrics, END included")
 
 
+class EmptySplitError(DataFormatError):
+    """A split the run needs has no images left after the data's own filters."""
+
+
 def load_caption_splits(
-    dataset: str, images: str, styles: str = ""
+    dataset: str, images: str, styles: str = "", language: str = "en"
 ) -> dict[str, list[CaptionExample]]:
-    """Karpathy-format splits, keeping only images under the listed style folders (when given)."""
-    splits = load_karpathy(Path(dataset), Path(images))
+    """Karpathy-format splits in `language`, keeping only images under the listed style folders
+    (when given). Raises EmptySplitError, naming the filter, when train or valid ends up empty."""
+    splits = load_karpathy(Path(dataset), Path(images), language=language)
     keep = {s.strip() for s in styles.split(",") if s.strip()}
-    if not keep:
-        return splits
-    return {
-        name: [e for e in ex if e.image_path.parent.name in keep] for name, ex in splits.items()
-    }
+    if keep:
+        splits = {
+            name: [e for e in ex if e.image_path.parent.name in keep] for name, ex in splits.items()
+        }
+    for name in ("train", "valid"):
+        if not splits[name]:
+            raise EmptySplitError(_empty_split_reason(dataset, name, keep, language))
+    return splits
+
+
+def _empty_split_reason(dataset: str, split: str, styles: set[str], language: str) -> str:
+    reasons = []
+    if styles:
+        reasons.append(
+            f"--styles {','.join(sorted(styles))} keeps only images whose folder has one of "
+            "those names (use --styles '' to keep all)"
+        )
+    if language != "en":
+        reasons.append(f"--language {language} keeps only images with sentences_{language}")
+    why = "; ".join(reasons) or "the file has no images in it"
+    return f"{dataset}: the {split} split is empty: {why}"
 
 
 def manifest_checksum(data_file: Path) -> str | None:
@@ -85,9 +114,12 @@ class TeacherForcedCaptioner(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pooled: Tensor, grid: Tensor, tokens: Tensor) -> Tensor:
-        """pooled (B, D), grid (B, S, D), tokens (B, T) -> logits (B, T, V)."""
-        return self.model(self.model.memory_from_features(pooled, grid), tokens)
+    def forward(self, pooled: Tensor, grid: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """pooled (B, D), grid (B, S, D), tokens (B, T) -> logits (B, T, V), attention (B, T, S)."""
+        decoder = self.model.decoder
+        memory = self.model.memory_from_features(pooled, grid)
+        logits, _, weights = decoder(tokens, decoder.init_state(memory))
+        return logits, weights
 
 
 def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
@@ -104,6 +136,7 @@ def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
         attention=s.attention,
         attention_size=s.attention_size,
         inject_context=s.inject_context,
+        attention_input=s.attention_input,
     )
     return Captioner(config)
 
@@ -132,7 +165,9 @@ class CaptionTask:
         self, settings: CaptionerSettings, info: Distributed, device: torch.device
     ) -> None:
         self.settings = settings
-        self.splits = load_caption_splits(settings.dataset, settings.images, settings.styles)
+        self.splits = load_caption_splits(
+            settings.dataset, settings.images, settings.styles, settings.language
+        )
         self.vocabulary = self._vocabulary()
         torch.manual_seed(settings.seed)
         self.model = build_captioner(settings, len(self.vocabulary))
@@ -179,8 +214,18 @@ class CaptionTask:
     def teacher_forced(self) -> nn.Module:
         return TeacherForcedCaptioner(self.model)
 
-    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
-        return module(*batch.inputs), carry  # captions are independent: nothing carried
+    def forward(
+        self, module: nn.Module, batch: Batch, carry: Carry
+    ) -> tuple[Tensor, Carry, Tensor | None]:
+        """Captions are independent: nothing carried. With attention_penalty, Show, Attend and
+        Tell's doubly stochastic penalty, summed over the batch's captions."""
+        logits, weights = module(*batch.inputs)
+        penalty = None
+        if self.settings.attention_penalty > 0 and weights is not None:
+            steps = batch.targets != PAD  # (B, T)
+            per_caption = doubly_stochastic_penalty(weights.float(), steps)
+            penalty = self.settings.attention_penalty * per_caption * steps.size(0)
+        return logits, carry, penalty
 
     def epoch_metrics(
         self, record: dict[str, Any], decode: bool, device: torch.device

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from training.data.loaders import DataFormatError
 from training.distributed import setup, teardown
 from training.loop import Task, Trainer
 from training.settings import LoopSettings, resolve_settings, settings_parser
@@ -50,3 +51,11 @@ class TrainingCommand:
     def main(self, args: argparse.Namespace) -> Progress:
         """Train with the preset and flags in `args`; the best model lands in <run>/best."""
         return train(resolve_settings(self.settings_class, self.kind, args), self.make_task)
+
+    def run(self, argv: list[str] | None = None) -> None:
+        """The `__main__` entry: data mistakes end in one line naming the file, not a traceback."""
+        args = self.get_args_parser().parse_args(argv)
+        try:
+            self.main(args)
+        except (DataFormatError, FileNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None

@@ -63,7 +63,10 @@ def load_eval_data(
         pairs = pairs[:limit] if limit else pairs
         return EvalData([s for s, _ in pairs], [(t,) for _, t in pairs])
     splits = load_caption_splits(
-        settings["dataset"], settings["images"], settings.get("styles", "")
+        settings["dataset"],
+        settings["images"],
+        settings.get("styles", ""),
+        settings.get("language", "en"),
     )
     examples = splits[split][:limit] if limit else splits[split]
     cache = FeatureCache(feature_cache, loaded.model.encoder)

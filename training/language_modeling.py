@@ -126,8 +126,8 @@ class LanguageModelTask:
     def teacher_forced(self) -> nn.Module:
         return CarriedStateLM(self.model)
 
-    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
-        return module(*batch.inputs, carry)  # truncated BPTT: the state flows on, detached
+    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry, None]:
+        return *module(*batch.inputs, carry), None  # truncated BPTT: the state flows on, detached
 
     def epoch_metrics(
         self, record: dict[str, Any], decode: bool, device: torch.device

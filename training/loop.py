@@ -54,8 +54,11 @@ class Task(Protocol):
         """The module around `model` that `forward` runs (and DDP wraps)."""
         ...
 
-    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
-        """Logits (B, T, V) of `batch` through `module`, and what the pass's next batch starts from.
+    def forward(
+        self, module: nn.Module, batch: Batch, carry: Carry
+    ) -> tuple[Tensor, Carry, Tensor | None]:
+        """Logits (B, T, V) of `batch` through `module`, what the pass's next batch starts from,
+        and a regulariser to add to the batch's summed token loss (None when the task has none).
 
         `carry` is what the previous batch returned, empty at the start of each pass.
         """
@@ -123,11 +126,13 @@ class Trainer:
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits, self.carry = self.task.forward(self.module, batch, self.carry)
+            logits, self.carry, penalty = self.task.forward(self.module, batch, self.carry)
         loss_sum, tokens = token_loss(logits, batch.targets, s.label_smoothing)
         total_loss, total_tokens = sum_over_processes(
             [float(loss_sum.detach()), tokens], self.info, self.device
-        )
+        )  # the logged loss stays the cross-entropy, comparable with validation
+        if penalty is not None:
+            loss_sum = loss_sum + penalty
         # DDP averages gradients over processes: scale so the result is the global per-token mean
         (loss_sum * self.info.world_size / max(total_tokens, 1)).backward()
         params = [p for p in self.task.model.parameters() if p.requires_grad]
@@ -201,7 +206,7 @@ class Trainer:
             if not mine:
                 continue
             batch = self.task.batch("valid", mine, self.device)
-            logits, carry = self.task.forward(self.core, batch, carry)
+            logits, carry, _ = self.task.forward(self.core, batch, carry)
             loss, count = token_loss(logits, batch.targets)
             total, tokens = total + float(loss), tokens + count
         total, tokens = sum_over_processes([total, tokens], self.info, self.device)

@@ -9,4 +9,4 @@ COMMAND = TrainingCommand("captioner", CaptionerSettings, CaptionTask, __doc__)
 get_args_parser, main = COMMAND.get_args_parser, COMMAND.main
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    COMMAND.run()

@@ -174,8 +174,8 @@ class TranslationTask:
     def teacher_forced(self) -> nn.Module:
         return self.model
 
-    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry]:
-        return module(*batch.inputs), carry  # sentence pairs are independent: nothing carried
+    def forward(self, module: nn.Module, batch: Batch, carry: Carry) -> tuple[Tensor, Carry, None]:
+        return module(*batch.inputs), carry, None  # pairs are independent: nothing carried
 
     def epoch_metrics(
         self, record: dict[str, Any], decode: bool, device: torch.device
