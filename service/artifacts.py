@@ -37,6 +37,7 @@ class ServedModel:
     golden: dict[str, Any]
     scores: dict[str, Any] = field(default_factory=dict)
     autocast: bool = False  # bf16 autocast on CUDA; switched off if it changes the golden output
+    language: str = ""  # the output language its training settings name, when they name one
 
     @property
     def attention(self) -> str:
@@ -58,8 +59,28 @@ class ServedModel:
             # an image encoder's backbone; text encoders and char LMs have none
             "image_encoder": getattr(getattr(config, "encoder", None), "backbone", None),
             "precision": "bf16-autocast" if self.autocast else "fp32",
+            # captioners: whether confidence is calibrated and out_of_domain can be flagged
+            **(
+                {"uncertainty_fitted": getattr(self.model, "uncertainty", None) is not None}
+                if hasattr(self.model, "assess")
+                else {}
+            ),
+            **({"language": self.language} if self.language else {}),
             "scores": self.scores,
         }
+
+
+def in_store(name: str) -> bool:
+    """Whether the BentoML store holds a model called `name` (optional models load only then)."""
+    import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
+
+    if not name:
+        return False
+    try:
+        bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        return False
+    return True
 
 
 def load_served_model(name: str, kind: str, with_source: bool, device: torch.device) -> ServedModel:
@@ -95,6 +116,7 @@ def load_served_model(name: str, kind: str, with_source: bool, device: torch.dev
         golden=json.loads(golden_path.read_text(encoding="utf-8")),
         scores=_scores(metadata) or _scores(loaded.metadata),
         autocast=device.type == "cuda",
+        language=str(loaded.metadata.get("settings", {}).get("language", "")),
     )
 
 

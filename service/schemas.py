@@ -107,6 +107,10 @@ class Alternative(BaseModel):
 
 
 class CaptionAlternative(Alternative):
+    confidence: float = Field(
+        description="0 to 1: the model's own estimate of this caption's word-F1 against what a "
+        "person would write, calibrated on validation images (docs/service.md)"
+    )
     tokens: list[CaptionToken] = Field(description="generated tokens, the end token included")
 
 
@@ -117,16 +121,26 @@ class TranslationAlternative(Alternative):
 class Caption(BaseModel):
     caption: str
     truncated: bool
+    confidence: float = Field(description="the best alternative's confidence, 0 to 1")
+    out_of_domain: bool = Field(
+        description="the image's features lie outside what the captioner was trained on: "
+        "treat the caption as a guess"
+    )
     alternatives: list[CaptionAlternative]
 
 
+CaptionLanguage = Literal["en", "de"]
+
+
 class CaptionResponse(Caption):
+    language: CaptionLanguage
     model: str = Field(description="store tag of the captioner that answered")
     time_ms: float
 
 
 class CaptionBatchResponse(BaseModel):
     captions: list[Caption]
+    language: CaptionLanguage
     model: str
     time_ms: float
 

@@ -25,6 +25,7 @@ from service.overlay import overlay_app
 from service.schemas import (
     MAX_BATCH_IMAGES,
     CaptionBatchResponse,
+    CaptionLanguage,
     CaptionResponse,
     DecodingOptions,
     GenerateLength,
@@ -91,17 +92,25 @@ class SeqServe:
 
     @bentoml.api(route="/caption")
     @answers_errors
-    def caption(self, image: Path, options: DecodingOptions = DEFAULT_OPTIONS) -> CaptionResponse:
+    def caption(
+        self,
+        image: Path,
+        options: DecodingOptions = DEFAULT_OPTIONS,
+        language: CaptionLanguage = "en",
+    ) -> CaptionResponse:
         """Caption one image: a multipart file upload (JPEG, PNG, WebP, GIF first frame, BMP)."""
-        return self.captions.caption(image, options)
+        return self.captions.caption(image, options, language)
 
     @bentoml.api(route="/caption_batch")
     @answers_errors
     def caption_batch(
-        self, images: Images, options: DecodingOptions = DEFAULT_OPTIONS
+        self,
+        images: Images,
+        options: DecodingOptions = DEFAULT_OPTIONS,
+        language: CaptionLanguage = "en",
     ) -> CaptionBatchResponse:
         """Caption up to 8 images uploaded as repeated `images` file parts, in order."""
-        return self.captions.caption_batch(images, options)
+        return self.captions.caption_batch(images, options, language)
 
     @bentoml.api(route="/translate")
     @answers_errors

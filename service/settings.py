@@ -14,6 +14,7 @@ class Settings:
     """Every knob the service has; each field can be overridden by SEQSERVE_<FIELD_NAME>."""
 
     captioner: str = "captioner"  # store model names
+    captioner_de: str = "captioner_de"  # optional: answers language "de" when in the store
     translators: str = "translator"  # comma-separated; the first is the default
     language_model: str = "charlm"  # optional: served when in the store; "" turns it off
     device: str = "auto"  # auto | cpu | cuda | cuda:N

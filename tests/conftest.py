@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import CAPTIONS, CAPTIONS_DE
 from tests.serving import Server, start_server
 
 # Tests run torch on one thread: tiny models are fastest there, and two OpenMP threads spinning
@@ -43,7 +45,6 @@ TARGET_TEXT = [
     "ich mag grünen Tee und Pizza .",
     "wo ist der Bahnhof ?",
 ]
-CAPTIONS = ["cat face", "dog face", "slice of pizza", "a house under the sun", "white daisy"]
 LM_TEXT = 'The cat sat on the mat. (A dog ran) "in the park".\nWhere is the station?\n'
 
 
@@ -60,6 +61,7 @@ class StoredModels:
     golden: dict[str, dict]
     sentences: tuple[str, ...] = tuple(SOURCE_TEXT)  # in the translator's source vocabulary
     language_model: str = ""  # the tiny char LM's tag, stored as "charlm"
+    captioner_de: str = ""  # the tiny German captioner's tag, stored as "captioner_de"
 
 
 def _peaked(model) -> None:
@@ -125,23 +127,67 @@ def build_tiny_models(seed: int = 0) -> StoredModels:
         "output": target.decode(found.tokens),
     }
 
+    german, german_words, german_golden = tiny_german_captioner(golden_png)
     language_model, text, lm_golden = tiny_language_model()
     tags = {}
     for name, model, vocabularies, golden, extra in (
         ("captioner", captioner, {"target": words}, caption_golden, {"golden.png": golden_png}),
+        (
+            "captioner_de",
+            german,
+            {"caption": german_words},
+            german_golden,
+            {"golden.png": golden_png},
+        ),
         ("translator", translator, {"source": source, "target": target}, translate_golden, {}),
         ("charlm", language_model, {"text": text}, lm_golden, {}),
     ):
         files = {"golden.json": json.dumps(golden).encode(), **extra}
+        settings = {"settings": {"language": "de"}} if name == "captioner_de" else {}
         with bentoml.models.create(name, metadata={"scores": {"random_weights": True}}) as stored:
-            save_model(stored.path, model, vocabularies, extra_files=files)
+            save_model(stored.path, model, vocabularies, settings, extra_files=files)
         tags[name] = str(stored.tag)
     return StoredModels(
         tags["captioner"],
         tags["translator"],
         {"captioner": caption_golden, "translator": translate_golden, "charlm": lm_golden},
         language_model=tags["charlm"],
+        captioner_de=tags["captioner_de"],
     )
+
+
+def tiny_german_captioner(golden_png: bytes) -> tuple[torch.nn.Module, object, dict]:
+    """A random small-CNN captioner over German words, with a fitted Uncertainty (confidence
+    calibration and feature distribution), its vocabulary and golden."""
+    from PIL import Image
+
+    from models.captioner import Captioner, CaptionerConfig
+    from models.encoders import ImageEncoderConfig
+    from models.inference import caption_images
+    from models.search import SearchOptions
+    from models.tokenizers import WordTokenizer
+    from models.vocabulary import Vocabulary
+
+    words = Vocabulary.build(CAPTIONS_DE, WordTokenizer(lowercase=True))
+    config = CaptionerConfig.create(
+        ImageEncoderConfig(backbone="small-cnn"), len(words), embed_size=16, hidden_size=32
+    )
+    config = dataclasses.replace(config, uncertainty_components=4)
+    model = Captioner(config).eval()
+    _peaked(model)
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(240, 3, 224, 224, generator=generator) * 2 - 1
+    pooled, _ = model.features(images)
+    model.uncertainty.fit_domain(pooled[:160], pooled[160:])
+    model.uncertainty.fit_confidence(torch.linspace(-3, 0, 20), torch.linspace(0, 1, 20))
+    image = model.encoder.preprocess(Image.open(io.BytesIO(golden_png))).unsqueeze(0)
+    found = caption_images(model, image, SearchOptions(**GOLDEN_OPTIONS))[0][0]
+    golden = {
+        "input": "golden.png",
+        "options": GOLDEN_OPTIONS,
+        "output": words.decode(found.tokens),
+    }
+    return model, words, golden
 
 
 def tiny_language_model() -> tuple[torch.nn.Module, object, dict]:

@@ -13,6 +13,11 @@ from models.vocabulary import Vocabulary
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
 
 
+# what the tiny test-store captioners (tests/conftest.py) were built on
+CAPTIONS = ["cat face", "dog face", "slice of pizza", "a house under the sun", "white daisy"]
+CAPTIONS_DE = ["Katzengesicht", "Hundegesicht", "Stück Pizza", "ein Haus unter der Sonne"]
+
+
 def toy_vocabulary() -> Vocabulary:
     """Specials plus twelve one-letter words."""
     return Vocabulary.build([" ".join(WORDS)], WordTokenizer())

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
+from tests.helpers import CAPTIONS, CAPTIONS_DE
 from tests.serving import start_server
 
 pytestmark = pytest.mark.service
@@ -81,10 +83,12 @@ def test_health_endpoints_and_model_information(client, stored_models) -> None:
     assert client.get("/readyz").status_code == 200
     info = client.get("/models").json()
     assert info["ready"] and info["device"] == "cpu"
-    tags = {m["kind"]: m for m in info["models"]}
+    tags = {m["name"]: m for m in info["models"]}
     assert tags["captioner"]["tag"] == stored_models.captioner
     assert tags["translator"]["vocab_size"]["source"] > 4
     assert tags["captioner"]["scores"] == {"random_weights": True}
+    assert not tags["captioner"]["uncertainty_fitted"]
+    assert tags["captioner_de"]["uncertainty_fitted"] and tags["captioner_de"]["language"] == "de"
     assert "bentoml_service_request_total" in client.get("/metrics").text
 
 
@@ -103,6 +107,65 @@ def test_caption_photos_and_emoji(client, stored_models, name: str) -> None:
         sum(t["log_prob"] for t in alternative["tokens"]), alternative["log_prob"], abs_tol=1e-4
     )
     assert (alternative["tokens"][-1]["token"] == "</s>") != alternative["truncated"]
+
+
+def _noise_png(seed: int) -> bytes:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (224, 224, 3), generator=generator, dtype=torch.uint8)
+    return encoded(Image.fromarray(pixels.numpy()))
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_every_caption_carries_a_confidence_and_a_domain_flag(client, language: str) -> None:
+    options = {"decoding": "beam", "beam_size": 3, "n_best": 3}
+    response = client.post(
+        "/caption",
+        files={"image": ("x.png", (IMAGES / "emoji_pizza.png").read_bytes())},
+        data={"options": json.dumps(options), "language": language},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["language"] == language and isinstance(body["out_of_domain"], bool)
+    confidences = [a["confidence"] for a in body["alternatives"]]
+    assert body["confidence"] == confidences[0] and all(0 <= c <= 1 for c in confidences)
+
+
+def test_out_of_domain_flag_separates_unlike_images(client) -> None:
+    """The tiny German captioner's feature distribution was fitted on uniform-noise images."""
+
+    def flagged(data: bytes) -> bool:
+        response = client.post(
+            "/caption", files={"image": ("x.png", data)}, data={"language": "de"}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["out_of_domain"]
+
+    assert flagged((IMAGES / "emoji_pizza.png").read_bytes())
+    assert sum(flagged(_noise_png(seed)) for seed in range(4)) <= 1  # a 99% quantile threshold
+    english = client.post("/caption", files={"image": ("x.png", _noise_png(11))}).json()
+    assert english["out_of_domain"] is False  # no fitted distribution: never flagged
+
+
+def test_german_captions_use_the_german_vocabulary(client) -> None:
+    german = {w.lower() for c in CAPTIONS_DE for w in c.split()} | {"<unk>"}
+    english = {w for c in CAPTIONS for w in c.split()}
+    for name in PHOTOS + EMOJI:
+        response = client.post(
+            "/caption",
+            files={"image": (name, (IMAGES / name).read_bytes())},
+            data={"language": "de"},
+        )
+        words = set(response.json()["caption"].split())
+        assert words and words <= german and not words <= english, words
+
+
+def test_caption_language_must_be_known(client) -> None:
+    response = client.post(
+        "/caption",
+        files={"image": ("x.png", (IMAGES / "emoji_pizza.png").read_bytes())},
+        data={"language": "fr"},
+    )
+    assert_error(response, 400, "invalid_argument", "language")
 
 
 def test_golden_image_gives_the_golden_caption(client, stored_models) -> None:

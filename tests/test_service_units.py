@@ -298,6 +298,7 @@ def test_tiny_models_load_and_pass_their_golden_check(stored_models) -> None:
     assert runtime.state == "ready", runtime.problem
     assert [m["tag"] for m in runtime.info()["models"]] == [
         stored_models.captioner,
+        stored_models.captioner_de,
         stored_models.translator,
         stored_models.language_model,
     ]

@@ -20,7 +20,7 @@ from torch import Tensor
 from models.inference import caption_features
 from models.search import Hypothesis, SearchOptions
 from models.vocabulary import Vocabulary
-from service.artifacts import ServedModel
+from service.artifacts import ServedModel, in_store
 from service.errors import RequestError
 from service.images import ImageLimits, decode_image
 from service.runtime import BatchFamily, Runtime
@@ -52,6 +52,19 @@ class CaptionJob:
     rows: ClassVar[int] = 1
 
 
+@dataclass(frozen=True)
+class CaptionResult:
+    """One image's hypotheses (best first), their confidences, and whether the image is unlike
+    the training images (always False for a captioner without a fitted Uncertainty)."""
+
+    hypotheses: list[Hypothesis]
+    confidences: list[float]
+    out_of_domain: bool
+
+
+LANGUAGE_NAMES = {"en": "English", "de": "German"}
+
+
 class CaptionTask:
     """Captions uploaded images with the configured captioner; RequestError for bad input."""
 
@@ -60,46 +73,79 @@ class CaptionTask:
 
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
-        self.runtime, self.name = runtime, settings.captioner
-        self.family = BatchFamily("caption", self.name, settings.max_batch_images, run_batch)
+        self.runtime = runtime
+        self.names = {"en": settings.captioner, "de": settings.captioner_de}
+        self.families = {
+            name: BatchFamily("caption", name, settings.max_batch_images, run_batch)
+            for name in self.names.values()
+        }
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
         self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
         # at most one decode per core: bounds memory as well as CPU
         self._decoding = threading.BoundedSemaphore(max(1, torch.get_num_threads()))
 
     def model_names(self) -> list[str]:
-        return [self.name]
+        """The English captioner, and the German one when it is in the store (optional)."""
+        german = self.names["de"]
+        return [self.names["en"], *([german] if german and in_store(german) else [])]
 
     def golden_output(self, served: ServedModel) -> str:
         """The caption of the model's golden image, decoded and queued like an upload."""
         golden = served.golden
         image = self.image_tensor(served, (served.path / golden["input"]).read_bytes(), "golden")
         job = CaptionJob(image, SearchOptions(**golden.get("options", {})))
-        (found,) = self.runtime.results([self.runtime.batcher.submit(self.family, job)])
-        return served.target.decode(found[0].tokens)
+        family = self.families[served.name]
+        (found,) = self.runtime.results([self.runtime.batcher.submit(family, job)])
+        return served.target.decode(found.hypotheses[0].tokens)
 
-    def caption(self, image: Path, options: DecodingOptions) -> CaptionResponse:
+    def caption(
+        self, image: Path, options: DecodingOptions, language: str = "en"
+    ) -> CaptionResponse:
         """POST /caption: one uploaded image."""
         started = time.perf_counter()
-        (found,), tag = self.captions([image], ["image"], options)
-        return CaptionResponse(**dict(found), model=tag, time_ms=ms_since(started))
+        (found,), tag = self.captions([image], ["image"], options, language)
+        return CaptionResponse(
+            **dict(found), language=language, model=tag, time_ms=ms_since(started)
+        )
 
     def caption_batch(
-        self, images: Sequence[Path], options: DecodingOptions
+        self, images: Sequence[Path], options: DecodingOptions, language: str = "en"
     ) -> CaptionBatchResponse:
         """POST /caption_batch: several uploaded images, captioned in order."""
         started = time.perf_counter()
         fields = [f"images[{i}]" for i in range(len(images))]
-        found, tag = self.captions(images, fields, options)
-        return CaptionBatchResponse(captions=found, model=tag, time_ms=ms_since(started))
+        found, tag = self.captions(images, fields, options, language)
+        return CaptionBatchResponse(
+            captions=found, language=language, model=tag, time_ms=ms_since(started)
+        )
+
+    def model(self, language: str) -> ServedModel:
+        """The loaded captioner for `language`, or 404 model_not_installed naming what to do."""
+        name = self.names[language]
+        served = self.runtime.ready_models().get(name)
+        if served is None:
+            raise RequestError(
+                f"no {LANGUAGE_NAMES[language]} captioner is installed: import one into the "
+                f"BentoML store as {name or 'captioner_' + language!r} (make import-models) "
+                "and restart, or ask for language 'en'",
+                "language",
+                code="model_not_installed",
+                status=404,
+            )
+        return served
 
     def captions(
-        self, images: Sequence[Path | bytes], fields: Sequence[str], options: DecodingOptions
+        self,
+        images: Sequence[Path | bytes],
+        fields: Sequence[str],
+        options: DecodingOptions,
+        language: str = "en",
     ) -> tuple[list[Caption], str]:
         """Uploaded images (files or bytes; `fields` name them in errors) -> one caption each,
         and the captioner's tag."""
         search = search_options(options)
-        served = self.runtime.ready_models()[self.name]
+        served = self.model(language)
+        family = self.families[served.name]
         check_attention(served, options)
         batcher = self.runtime.batcher
         with batcher.arriving():  # a batch forming now may wait for these images
@@ -109,7 +155,7 @@ class CaptionTask:
                 )
                 for data, field in zip(images, fields, strict=True)
             ]
-            futures = [batcher.submit(self.family, CaptionJob(t, search)) for t in tensors]
+            futures = [batcher.submit(family, CaptionJob(t, search)) for t in tensors]
         found = self.runtime.results(futures)
         return [caption_of(h, served.target, options.return_attention) for h in found], served.tag
 
@@ -129,34 +175,55 @@ class CaptionTask:
                 image.close()
 
 
-def run_batch(served: ServedModel, jobs: Sequence[CaptionJob]) -> list[list[Hypothesis]]:
+def run_batch(served: ServedModel, jobs: Sequence[CaptionJob]) -> list[CaptionResult]:
     """In the batch worker: one encoder forward for every image, then one batched search per
-    distinct options; hypotheses per job, best first."""
-    device = next(served.model.parameters()).device
+    distinct options; each job's hypotheses (best first) with their confidence."""
+    model = served.model
+    device = next(model.parameters()).device
     images = torch.stack([job.image for job in jobs]).to(device)  # (B, 3, S, S)
-    pooled, grid = served.model.encoder(images)  # (B, D), (B, H*W, D)
+    pooled, grid = model.encoder(images)  # (B, D), (B, H*W, D)
     results: list[Any] = [None] * len(jobs)
     for options, rows in by_options(jobs):
         index = torch.tensor(rows, device=device)
-        found = caption_features(served.model, pooled[index], grid[index], options)
+        found = caption_features(model, pooled[index], grid[index], options)
         for row, hypotheses in zip(rows, found, strict=True):
-            results[row] = hypotheses
+            results[row] = _assessed(model, pooled[row], hypotheses)
     return results
 
 
-def caption_of(
-    hypotheses: Sequence[Hypothesis], vocabulary: Vocabulary, attention: bool
-) -> Caption:
-    """One image's hypotheses (best first) -> its caption; attention as an H x W grid per token."""
+def _assessed(model: Any, pooled: Tensor, hypotheses: list[Hypothesis]) -> CaptionResult:
+    """Confidence of each hypothesis and the out-of-domain flag of one image (pooled (D,))."""
+    mean_log_probs = torch.tensor(
+        [h.log_prob / max(len(h.token_log_probs), 1) for h in hypotheses], device=pooled.device
+    )  # (K,)
+    rows = pooled.float().unsqueeze(0).expand(len(hypotheses), -1)  # (K, D)
+    confidence, flags = model.assess(rows, mean_log_probs)
+    out_of_domain = bool(flags[0]) if flags is not None else False
+    return CaptionResult(hypotheses, confidence.tolist(), out_of_domain)
+
+
+def caption_of(result: CaptionResult, vocabulary: Vocabulary, attention: bool) -> Caption:
+    """One image's result -> its caption; attention as an H x W grid per token."""
     found = []
-    for h in hypotheses:
+    for h, confidence in zip(result.hypotheses, result.confidences, strict=True):
         grids = grid_rows(attention_weights(h, None)) if attention else None
         tokens = [
             CaptionToken(token=name, log_prob=lp, attention=grids[t] if grids else [])
             for t, (name, lp) in enumerate(scored_tokens(h, vocabulary))
         ]
-        found.append(CaptionAlternative(**summary(h, vocabulary), tokens=tokens))
-    return Caption(caption=found[0].text, truncated=found[0].truncated, alternatives=found)
+        found.append(
+            CaptionAlternative(
+                **summary(h, vocabulary), confidence=round(confidence, 4), tokens=tokens
+            )
+        )
+    best = found[0]
+    return Caption(
+        caption=best.text,
+        truncated=best.truncated,
+        confidence=best.confidence,
+        out_of_domain=result.out_of_domain,
+        alternatives=found,
+    )
 
 
 def grid_rows(weights: Tensor) -> list[list[list[float]]]:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from models.language_model import CharLanguageModel, generate_hypotheses
 from models.search import Hypothesis, SearchOptions
 from models.units import Inspection, inspect, property_values, unit_names
-from service.artifacts import ServedModel
+from service.artifacts import ServedModel, in_store
 from service.errors import RequestError
 from service.runtime import BatchFamily, Job, Runtime
 from service.schemas import GenerateResponse, InspectResponse, UnitTrace
@@ -55,13 +55,7 @@ class LanguageModelTask:
         /generate and /inspect answer 404 model_not_installed. Once it is in the store, it must
         load and pass its golden check like every other model before the service is ready.
         """
-        if not self.name:
-            return []
-        import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
-
-        try:
-            bentoml.models.get(f"{self.name}:latest")
-        except bentoml.exceptions.NotFound:
+        if not in_store(self.name):
             logger.info(
                 "no language model %r in the BentoML store: /generate and /inspect answer 404 "
                 "(make import-models imports pretrained/charlm)",
