@@ -171,3 +171,22 @@ def test_show_attend_tell_trains_with_its_penalty_and_reloads(tmp_path: Path) ->
     assert loaded.model.config.decoder.attention_input
     losses = step_losses(read_metrics(tmp_path / "captioner_tiny"))
     assert losses and all(loss == loss for loss in losses.values())  # logged and finite
+
+
+def test_calibration_fits_the_captioners_confidence_and_domain(tmp_path: Path) -> None:
+    from training import calibrate
+
+    args = train_captioner.get_args_parser().parse_args(
+        _captioner_flags(tmp_path, "--max-steps", "6", "--no-progress")
+    )
+    train_captioner.main(args)
+    best = tmp_path / "captioner_tiny" / "best"
+    flags = ["--model", str(best), "--feature-cache", str(tmp_path / "cache")]
+    report = calibrate.main(
+        calibrate.get_args_parser().parse_args([*flags, "--components", "4", "--no-photos"])
+    )
+    assert 0 <= report["ece_test"] <= 1 and 0 <= report["auroc_noise"] <= 1
+    loaded = load_model(best)  # checksums rewritten with the fitted buffers
+    assert loaded.model.uncertainty is not None
+    assert torch.isfinite(loaded.model.uncertainty.threshold)
+    assert json.loads((best / "calibration.json").read_text()) == report
