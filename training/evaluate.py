@@ -26,7 +26,7 @@ from training.metrics import caption_scores, translation_scores
 from training.predict import caption_texts, translate_texts
 
 METHODS = {"greedy": 1, "beam3": 3, "beam5": 5}
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "test_style", "test_composite")
 
 
 @dataclass
@@ -52,10 +52,15 @@ def max_length_of(loaded: LoadedModel) -> int:
 
 
 def load_eval_data(
-    loaded: LoadedModel, split: str, limit: int = 0, feature_cache: str = "runs/cache"
+    loaded: LoadedModel,
+    split: str,
+    limit: int = 0,
+    feature_cache: str = "runs/cache",
+    data: dict[str, str] | None = None,
 ) -> EvalData:
-    """The split the model was trained for (data paths come from its saved settings)."""
-    settings = loaded.metadata.get("settings", {})
+    """The split the model was trained for (data paths come from its saved settings, or from
+    `data` where it names dataset/images/styles instead)."""
+    settings = {**loaded.metadata.get("settings", {}), **(data or {})}
     if loaded.kind == "translator":
         source, target = settings.get("direction", "en-de").split("-")
         root = Path(settings.get("data_dir", "data/de-en"))
@@ -158,6 +163,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=0, help="score only the first N examples (default: 0, all)"
     )
     parser.add_argument(
+        "--dataset",
+        default=None,
+        help="captioners: score on this Karpathy file instead of the one trained on (default: none)",
+    )
+    parser.add_argument(
+        "--images", default=None, help="with --dataset: its image folder (default: none)"
+    )
+    parser.add_argument(
+        "--styles",
+        default=None,
+        help="with --dataset: style folders to keep, '' for all (default: the model's own)",
+    )
+    parser.add_argument(
         "--feature-cache", default="runs/cache", help="cached image features (default: runs/cache)"
     )
     parser.add_argument(
@@ -185,7 +203,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     loaded = load_model(args.model)
-    data = load_eval_data(loaded, args.split, args.limit, args.feature_cache)
+    override = {
+        k: v
+        for k, v in (("dataset", args.dataset), ("images", args.images), ("styles", args.styles))
+        if v is not None
+    }
+    data = load_eval_data(loaded, args.split, args.limit, args.feature_cache, override)
     with precision(next(loaded.model.parameters()).device, args.autocast):
         results, outputs = evaluate_methods(loaded, data, methods)
     report: dict[str, Any] = {
