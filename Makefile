@@ -8,13 +8,21 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: install serve test test-service browser lint format import-models clean bench
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
+.PHONY: install install-serve serve test test-service browser lint format import-models clean bench
+
+# Two stamps: what serving needs (requirements/serve.txt), and everything (train.txt, dev.txt too).
+install-serve: $(VENV)/.installed-serve
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-serve: pyproject.toml requirements/serve.txt
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-serve requirements/train.txt requirements/dev.txt
+	$(PIP) -e '.[dev]'
 	touch $@
 
 # Serves the shipped models (imported into $(BENTOML_HOME) first) on $(HOST):$(PORT); docs/service.md.
@@ -65,7 +73,7 @@ clean:
 .PHONY: import-models retrain data train-captioner train-translator evaluate-models export-models
 
 # Import pretrained/* into the BentoML store ($(BENTOML_HOME)); skips models already there.
-import-models: install
+import-models: install-serve
 	$(PY) -m training.export import-shipped
 
 data: install

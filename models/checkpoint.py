@@ -88,13 +88,10 @@ def save_model(
     return directory
 
 
-def load_model(
-    directory: str | Path, device: torch.device | str = "cpu", verify: bool = True
-) -> LoadedModel:
-    """Rebuild the exact model saved in `directory`, in eval mode on `device`."""
+def load_model(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the exact model saved in `directory` (checksums verified), in eval mode on `device`."""
     directory = Path(directory)
-    if verify:
-        verify_checksums(directory)
+    verify_checksums(directory)
     config = json.loads((directory / "config.json").read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory}: unsupported format_version {config.get('format_version')}")

@@ -1,4 +1,4 @@
-"""The one recurrent decoder both models (and the language model) use, with its stepping interface."""
+"""The one recurrent decoder (captioner, translator, language model) and its stepping interface."""
 
 from __future__ import annotations
 

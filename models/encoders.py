@@ -52,7 +52,10 @@ def small_cnn(channels: int = 64) -> nn.Module:
 
 
 class ImageEncoder(nn.Module):
-    """Images (B, 3, 224, 224) -> pooled vector (B, D) and feature grid (B, 49, D)."""
+    """Images (B, 3, S, S) -> pooled vector (B, D) and feature grid (B, H*W, D).
+
+    EfficientNet-Lite0's grid is S/32 a side (7 x 7 at 224 px, 4 x 4 at 128), the small CNN's 7 x 7.
+    """
 
     def __init__(self, config: ImageEncoderConfig, pretrained: bool = True) -> None:
         super().__init__()
@@ -80,10 +83,10 @@ class ImageEncoder(nn.Module):
         """images (B, 3, S, S) -> pooled (B, D), grid (B, H*W, D)."""
         with torch.set_grad_enabled(self.config.trainable and torch.is_grad_enabled()):
             if self.config.backbone == "efficientnet-lite0":
-                grid = self.backbone.extract_features(images)  # (B, D, 7, 7)
+                grid = self.backbone.extract_features(images)  # (B, D, H, W)
             else:
-                grid = self.backbone(images)  # (B, D, 7, 7)
-        grid = grid.flatten(2).transpose(1, 2)  # (B, 49, D)
+                grid = self.backbone(images)  # (B, D, H, W)
+        grid = grid.flatten(2).transpose(1, 2)  # (B, H*W, D)
         return grid.mean(dim=1), grid
 
 

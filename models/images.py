@@ -1,14 +1,30 @@
-"""Turning any decoded PIL image into the RGB tensor an image encoder expects: one function for
-training and serving, so the two can never disagree."""
+"""Turning any decoded PIL image into the RGB tensor an image encoder expects (torchvision
+transforms v2): one function for training and serving, so the two can never disagree."""
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+Picture = TypeVar("Picture", Image.Image, Tensor)
 
 BACKGROUND = (255, 255, 255)  # transparent pixels (emoji, logos) are composited onto white
+
+# RGB in 0..1 -> (x * 255 - 127) / 128, the input EfficientNet-Lite was trained with
+TO_TENSOR = v2.Compose(
+    [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3),
+        v2.ToPureTensor(),
+    ]
+)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -35,21 +51,23 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bilinear, antialiased), then crop the centre square."""
-    width, height = image.size
+def resize_center_crop(image: Picture, size: int) -> Picture:
+    """Resize the shorter side to `size` (bilinear, antialiased), then crop the centre square.
+
+    Takes a PIL image (resized by Pillow) or a uint8 tensor (3, H, W) (resized by torch, which
+    rounds differently), and returns the same kind.
+    """
+    height, width = F.get_size(image)
     scale = size / min(width, height)
+    # rounded sizes and a floored offset, not v2.Resize's truncation and v2.CenterCrop's rounding:
+    # the geometry the shipped models were trained with (a pixel off changes non-square inputs)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    image = F.resize(image, [new_h, new_w], interpolation=v2.InterpolationMode.BILINEAR)
+    return F.crop(image, (new_h - size) // 2, (new_w - size) // 2, size, size)
 
 
 def image_to_tensor(image: Image.Image, size: int) -> Tensor:
-    """PIL image of any mode -> normalised float tensor (3, size, size).
-
-    Normalisation (x * 255 - 127) / 128 is what EfficientNet-Lite was trained with.
-    """
-    rgb = resize_center_crop(to_rgb(image), size)
-    array = np.asarray(rgb, dtype=np.float32)  # (H, W, 3) in 0..255
-    return torch.from_numpy((array - 127.0) / 128.0).permute(2, 0, 1).contiguous()  # (3, H, W)
+    """PIL image of any mode -> normalised float tensor (3, size, size)."""
+    # row-major: ToImage keeps Pillow's (H, W, 3) memory order, and the encoder given a
+    # channels-last image runs other convolution kernels (features differ by about 1e-5)
+    return TO_TENSOR(resize_center_crop(to_rgb(image), size)).contiguous()

@@ -22,12 +22,9 @@ def precision(device: torch.device, autocast: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
-def source_ids(vocabulary: Vocabulary, text: str, max_tokens: int | None = None) -> list[int]:
+def source_ids(vocabulary: Vocabulary, text: str) -> list[int]:
     """Source sentence -> ids ending with END (what the translator is trained on)."""
-    ids = vocabulary.encode(text)
-    if max_tokens is not None:
-        ids = ids[: max_tokens - 1]
-    return [*ids, END]
+    return [*vocabulary.encode(text), END]
 
 
 def pad_batch(

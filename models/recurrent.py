@@ -107,7 +107,7 @@ class RecurrentCore(nn.Module):
     def _one_step(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         """One time step (B, I) layer by layer with the fused cell functions, on nn.LSTM's own
         weights. Same numbers as the full layer (within float rounding), but without its per-call
-        set-up: 7x quicker for one sentence, never slower (bench/README.md, "One decoding step")."""
+        set-up, which dominates a one-row step (figures: bench/README.md, "One decoding step")."""
         cell = _CELLS[self.config.cell]
         hs, cs = [], []
         for layer in range(self.config.num_layers):
