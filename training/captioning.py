@@ -43,7 +43,7 @@ class CaptionerSettings(LoopSettings):
         "efficientnet-lite0", "frozen image encoder: efficientnet-lite0 or small-cnn"
     )
     image_size: int = setting(
-        128, "encoder input size in pixels (emoji are 64 px; 128 costs a third of 224)"
+        128, "encoder input size in pixels: the grid is size/32 a side (224: 7 x 7)"
     )
     attention: str = setting(
         "none", "none (Show and Tell), additive (Bahdanau) or multiplicative (Luong)"
