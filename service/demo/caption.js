@@ -83,10 +83,12 @@ async function runCaption() {
   const form = new FormData();
   form.append("image", state.image, state.imageName);
   form.append("options", JSON.stringify(options));
+  form.append("language", $("#caption-language").value);
   $("#caption-result").hidden = true;
   await withBusy("caption", async () => {
     state.caption = await callApi("../caption", { method: "POST", body: form });
     state.options = options;
+    state.language = $("#caption-language").value;
     state.pinned = null;
     showCaption(0);
   });
@@ -96,10 +98,15 @@ function showCaption(alternative) {
   const result = state.caption;
   state.alternative = alternative;
   $("#caption-text").textContent = result.alternatives[alternative].text || "(empty caption)";
+  const confidence = result.alternatives[alternative].confidence;
+  $("#caption-confidence").textContent = `Confidence ${percent(confidence)}`;
+  $("#caption-confidence").dataset.level = confidence >= 0.5 ? "high" : confidence >= 0.25 ? "medium" : "low";
+  $("#caption-unsure").hidden = !result.out_of_domain;
   $("#caption-meta").textContent = `${result.model} · ${result.time_ms} ms${result.truncated ? " · cut at max words" : ""}`;
   const rows = result.alternatives.map((found, index) => {
     const row = element("tr", { "aria-selected": String(index === alternative), "data-index": String(index) });
     row.append(element("td", {}, String(index + 1)), element("td", {}, found.text),
+      element("td", { class: "number" }, percent(found.confidence)),
       element("td", { class: "number" }, fixed(found.score)), element("td", { class: "number" }, fixed(found.log_prob)));
     row.addEventListener("click", () => showCaption(index));
     return row;
@@ -108,6 +115,10 @@ function showCaption(alternative) {
   showTokens(result.alternatives[alternative].tokens);
   $("#caption-result").hidden = false;
   drawPicture(null);
+}
+
+function percent(value) {
+  return `${Math.round(100 * value)}%`;
 }
 
 function showTokens(tokens) {
@@ -137,7 +148,7 @@ function pinToken(index) {
   }
   showAttention(state.pinned);
   const link = $("#overlay-link"); // for the pinned word only: hovering towards it must not hide it
-  link.hidden = state.pinned === null;
+  link.hidden = state.pinned === null || state.language !== "en"; // the PNG route captions in English
   link.dataset.token = String(state.pinned);
 }
 
@@ -197,7 +208,7 @@ export function setUpCaption() {
       });
     });
   }
-  for (const id of ["#caption-decoding", "#caption-beam-size", "#caption-n-best", "#caption-max-length"]) {
+  for (const id of ["#caption-decoding", "#caption-beam-size", "#caption-n-best", "#caption-max-length", "#caption-language"]) {
     $(id).addEventListener("change", () => { showBeamFields("caption"); runCaption(); });
   }
   $("#overlay-link").addEventListener("click", openOverlayPng);

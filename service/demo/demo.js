@@ -19,6 +19,11 @@ async function loadModels() {
   try {
     const info = await callApi("../models");
     models.captioner = info.models.find((model) => model.kind === "captioner") || null;
+    const german = info.models.find((model) => model.kind === "captioner" && model.language === "de");
+    if (german) {
+      $("#caption-language-de").disabled = false;
+      $("#caption-language-de").textContent = "German";
+    }
     models.translators = info.models.filter((model) => model.kind === "translator");
     models.defaultTranslator = info.default_translator;
     const names = info.models.map((model) => `${model.tag} (${model.attention === "none" ? "no" : model.attention} attention)`);
