@@ -85,9 +85,9 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
-def api_caption(server, path: Path, options: dict) -> dict:
+def api_caption(server, path: Path, options: dict, language: str = "en") -> dict:
     files = {"image": (path.name, path.read_bytes())}
-    form = {"options": json.dumps(options)}
+    form = {"options": json.dumps(options), "language": language}
     return httpx.post(f"{server.url}/caption", files=files, data=form, timeout=60).json()
 
 
@@ -150,10 +150,27 @@ def test_uploading_a_photo_then_switching_to_beam_shows_alternatives(page, serve
     found = api_caption(server, photo, {**options, "return_attention": True})
     for row, alternative in zip(rows.all(), found["alternatives"], strict=True):
         expect(row.locator("td").nth(1)).to_have_text(alternative["text"])
-        expect(row.locator("td").nth(2)).to_have_text(f"{alternative['score']:.3f}")
+        expect(row.locator("td").nth(2)).to_have_text(f"{round(100 * alternative['confidence'])}%")
+        expect(row.locator("td").nth(3)).to_have_text(f"{alternative['score']:.3f}")
     rows.nth(1).click()
     expect(page.locator("#caption-text")).to_have_text(found["alternatives"][1]["text"])
+    confidence = round(100 * found["alternatives"][1]["confidence"])
+    expect(page.locator("#caption-confidence")).to_have_text(f"Confidence {confidence}%")
+    expect(page.locator("#caption-unsure")).to_be_hidden()  # the tiny English model has no flag
     screenshot(page, "caption_beam")
+
+
+def test_german_captions_and_the_unsure_warning(page, server):
+    """The test store's German captioner was fitted on noise, so an emoji is out of its domain."""
+    expect(page.locator("#caption-language-de")).to_be_enabled()
+    page.select_option("#caption-language", "de")
+    emoji = EXAMPLES / "emoji_pizza.png"
+    page.set_input_files("#image-input", str(emoji))
+    found = api_caption(server, emoji, {"max_length": 20}, language="de")
+    assert found["language"] == "de" and found["out_of_domain"]
+    expect(page.locator("#caption-text")).to_have_text(found["caption"])
+    expect(page.locator("#caption-unsure")).to_be_visible()
+    screenshot(page, "caption_german_unsure")
 
 
 def test_a_dropped_image_is_captioned(page):

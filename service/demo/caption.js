@@ -78,17 +78,19 @@ function overlay(picture, grid) {
 
 async function runCaption() {
   if (!state.image) return;
-  const wantsAttention = Boolean(models.captioner && models.captioner.attention !== "none");
+  const language = $("#caption-language").value;
+  const captioner = language === "de" ? models.captionerDe : models.captioner;
+  const wantsAttention = Boolean(captioner && captioner.attention !== "none");
   const options = { ...decodingOptions("caption"), max_length: clampInt($("#caption-max-length")), return_attention: wantsAttention };
   const form = new FormData();
   form.append("image", state.image, state.imageName);
   form.append("options", JSON.stringify(options));
-  form.append("language", $("#caption-language").value);
+  form.append("language", language);
   $("#caption-result").hidden = true;
   await withBusy("caption", async () => {
     state.caption = await callApi("../caption", { method: "POST", body: form });
     state.options = options;
-    state.language = $("#caption-language").value;
+    state.language = language;
     state.pinned = null;
     showCaption(0);
   });

@@ -3,7 +3,7 @@
 export const TINT = [255, 96, 0]; // the attention colour, as in service/overlay.py's PNG
 
 /** What GET /models said: filled in by demo.js before any tab is used. */
-export const models = { captioner: null, translators: [], defaultTranslator: null };
+export const models = { captioner: null, captionerDe: null, translators: [], defaultTranslator: null };
 
 export const $ = (selector) => document.querySelector(selector);
 

@@ -20,6 +20,7 @@ async function loadModels() {
     const info = await callApi("../models");
     models.captioner = info.models.find((model) => model.kind === "captioner") || null;
     const german = info.models.find((model) => model.kind === "captioner" && model.language === "de");
+    models.captionerDe = german || null;
     if (german) {
       $("#caption-language-de").disabled = false;
       $("#caption-language-de").textContent = "German";
