@@ -66,14 +66,15 @@ class FeatureCache:
         self.encoder = encoder
         self.path = Path(directory) / f"features-{encoder_fingerprint(encoder)}.safetensors"
         self.index: dict[str, int] = {}
-        self.pooled = torch.empty(0)
-        self.grid = torch.empty(0)
+        # fp16 throughout: an fp32 start would promote every appended chunk (twice the size)
+        self.pooled = torch.empty(0, dtype=torch.float16)
+        self.grid = torch.empty(0, dtype=torch.float16)
         if self.path.is_file():
             tensors = load_file(str(self.path))
             with safe_open(str(self.path), "pt") as stream:  # the keys are header metadata
                 keys = json.loads(stream.metadata()["keys"])
             self.index = {k: i for i, k in enumerate(keys)}
-            self.pooled, self.grid = tensors["pooled"], tensors["grid"]
+            self.pooled, self.grid = tensors["pooled"].half(), tensors["grid"].half()
 
     def ensure(
         self,
