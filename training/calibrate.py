@@ -137,7 +137,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "mean_word_f1_test": round(float(test_f1.mean()), 4),
         **_domain_report(model, feats["test"][0].float(), args.photos),
     }
-    save_model(args.model, model, loaded.vocabularies, loaded.metadata)
+    metadata = {**loaded.metadata, "calibration": report}  # exported and shown in the model card
+    save_model(args.model, model, loaded.vocabularies, metadata)
     (Path(args.model) / "calibration.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -98,8 +98,12 @@ def export_directory(
         loaded = stored
     if evaluation is not None and evaluation.is_file():
         report = json.loads(evaluation.read_text())
-        metadata["evaluation"] = {
-            k: report[k] for k in ("split", "examples", "results", "baseline") if k in report
+        metadata["evaluation"] = _evaluation_summary(report)
+        others = sorted(evaluation.parent.glob("eval_*.json"))  # the other splits scored beside it
+        metadata["evaluations"] = {
+            r["split"]: _evaluation_summary(r)
+            for r in map(json.loads, (p.read_text() for p in others))
+            if "split" in r
         }
     golden, files = golden_example(loaded, feature_cache)
     metadata["golden"] = golden
@@ -108,6 +112,10 @@ def export_directory(
         shutil.rmtree(out_dir)
     save_model(out_dir, loaded.model, loaded.vocabularies, metadata, half=half, extra_files=files)
     return out_dir
+
+
+def _evaluation_summary(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report[k] for k in ("split", "examples", "results", "baseline") if k in report}
 
 
 def directory_checksum(directory: Path) -> str:

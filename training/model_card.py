@@ -65,6 +65,47 @@ def _score_rows(evaluation: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _scores_sections(meta: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """One score table per evaluated split (test first), model rows then the baseline's."""
+    by_split = meta.get("evaluations") or {evaluation.get("split", "?"): evaluation}
+    lines = []
+    for split, block in sorted(by_split.items(), key=lambda item: item[0] != "test"):
+        lines += [
+            f"## Scores ({split} split, {block.get('examples', '?')} examples)",
+            "",
+            "| | search | scores |",
+            "|---|---|---|",
+            *_score_rows(block),
+            "",
+        ]
+    return lines
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """How well `confidence` and `out_of_domain` work, from training.calibrate's report."""
+    if not calibration:
+        return []
+    return [
+        "## How sure it is (`python -m training.calibrate`)",
+        "",
+        f"Confidence = sigmoid({calibration['calibration'][0]} x mean token log-prob + "
+        f"{calibration['calibration'][1]}), fitted to word-F1 on validation images. Test split: "
+        f"expected calibration error {calibration['ece_test']} (uncalibrated token probability: "
+        f"{calibration['ece_test_uncalibrated']}), mean confidence "
+        f"{calibration['mean_confidence_test']} against a mean word-F1 of "
+        f"{calibration['mean_word_f1_test']}.",
+        "",
+        "Out-of-domain flag (distance of the image features to the training images'): "
+        + ", ".join(
+            f"AUROC {calibration[k]} against {k.removeprefix('auroc_').replace('_', ' ')}"
+            for k in calibration
+            if k.startswith("auroc_")
+        )
+        + f"; flags {calibration['flagged_test']:.1%} of in-domain test images.",
+        "",
+    ]
+
+
 def model_card(directory: Path, command: str) -> str:
     """The card's markdown: what it is, data and licence, how it was made, what it scores."""
     config = json.loads((directory / "config.json").read_text())
@@ -87,12 +128,8 @@ def model_card(directory: Path, command: str) -> str:
         json.dumps(config["config"], indent=1),
         "```",
         "",
-        f"## Scores ({evaluation.get('split', '?')} split, {evaluation.get('examples', '?')} examples)",
-        "",
-        "| | search | scores |",
-        "|---|---|---|",
-        *_score_rows(evaluation),
-        "",
+        *_scores_sections(meta, evaluation),
+        *_calibration_lines(meta.get("calibration", {})),
         f"Weights stored as fp16: {meta.get('fp16_check', 'no (fp32)')}",
         "",
         f"Golden warm-up: `{json.dumps(meta.get('golden', {}), ensure_ascii=False)}`",
