@@ -189,4 +189,5 @@ def test_calibration_fits_the_captioners_confidence_and_domain(tmp_path: Path) -
     loaded = load_model(best)  # checksums rewritten with the fitted buffers
     assert loaded.model.uncertainty is not None
     assert torch.isfinite(loaded.model.uncertainty.threshold)
-    assert json.loads((best / "calibration.json").read_text()) == report
+    assert json.loads((best.parent / "calibration.json").read_text()) == report
+    assert loaded.metadata["calibration"] == report

@@ -7,7 +7,7 @@ their word-F1); the feature distribution on the training images, its threshold o
 images. Reported on the test split: expected calibration error, and the AUROC of the
 out-of-domain distance separating in-domain test images from plain photos without any object
 (crops of the held-out composite backgrounds) and from noise. The model directory is rewritten
-with the fitted Uncertainty; `calibration.json` beside it holds the figures.
+with the fitted Uncertainty (its metadata keeps the figures); `calibration.json` beside it too.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feature-cache", default="runs/cache", help="default: runs/cache")
     parser.add_argument("--components", type=int, default=64, help="PCA components (default 64)")
     parser.add_argument(
-        "--quantile", type=float, default=0.99, help="validation quantile of the threshold"
+        "--quantile", type=float, default=0.98, help="validation quantile of the threshold (default 0.98)"
     )
     parser.add_argument("--max-length", type=int, default=24, help="greedy decoding length")
     parser.add_argument(
@@ -139,7 +139,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     }
     metadata = {**loaded.metadata, "calibration": report}  # exported and shown in the model card
     save_model(args.model, model, loaded.vocabularies, metadata)
-    (Path(args.model) / "calibration.json").write_text(json.dumps(report, indent=2))
+    # beside the model directory, not in it: its checksums.json covers every file inside
+    (Path(args.model).parent / "calibration.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -120,7 +120,7 @@ def model_card(directory: Path, command: str) -> str:
         + (f"  \n{ENCODER_LICENCE}" if kind == "captioner" else ""),
         "",
         "## How it was made",
-        f"`{command}` on 2 CPU cores shared with three other jobs: {training.get('seconds', '?')} s of training, "
+        f"`{command}` on a 2-core CPU: {training.get('seconds', '?')} s of training, "
         f"{training.get('steps', '?')} steps, {training.get('epochs', '?')} epochs; best/ from epoch {meta.get('epoch')} "
         f"(selected on {settings.get('select_metric')}).",
         "",
