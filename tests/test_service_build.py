@@ -35,6 +35,7 @@ def test_bentoml_build_packs_code_models_and_pins(stored_models, tmp_path: Path)
         stored_models.captioner,
         stored_models.translator,
         stored_models.language_model,  # optional, packed because the store has it
+        stored_models.captioner_de,  # optional as well (language=de)
     }
     assert manifest["services"][0]["config"]["resources"] == {"gpu": 1.0}
     source = Path(bento.path) / "src"

@@ -43,7 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feature-cache", default="runs/cache", help="default: runs/cache")
     parser.add_argument("--components", type=int, default=64, help="PCA components (default 64)")
     parser.add_argument(
-        "--quantile", type=float, default=0.98, help="validation quantile of the threshold (default 0.98)"
+        "--quantile",
+        type=float,
+        default=0.98,
+        help="validation quantile of the threshold (default 0.98)",
     )
     parser.add_argument("--max-length", type=int, default=24, help="greedy decoding length")
     parser.add_argument(
