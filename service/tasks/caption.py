@@ -182,24 +182,33 @@ def run_batch(served: ServedModel, jobs: Sequence[CaptionJob]) -> list[CaptionRe
     device = next(model.parameters()).device
     images = torch.stack([job.image for job in jobs]).to(device)  # (B, 3, S, S)
     pooled, grid = model.encoder(images)  # (B, D), (B, H*W, D)
-    results: list[Any] = [None] * len(jobs)
+    found: list[Any] = [None] * len(jobs)
     for options, rows in by_options(jobs):
         index = torch.tensor(rows, device=device)
-        found = caption_features(model, pooled[index], grid[index], options)
-        for row, hypotheses in zip(rows, found, strict=True):
-            results[row] = _assessed(model, pooled[row], hypotheses)
-    return results
+        for row, hypotheses in zip(
+            rows, caption_features(model, pooled[index], grid[index], options), strict=True
+        ):
+            found[row] = hypotheses
+    return _assessed(model, pooled, found)
 
 
-def _assessed(model: Any, pooled: Tensor, hypotheses: list[Hypothesis]) -> CaptionResult:
-    """Confidence of each hypothesis and the out-of-domain flag of one image (pooled (D,))."""
+def _assessed(model: Any, pooled: Tensor, found: list[list[Hypothesis]]) -> list[CaptionResult]:
+    """Every hypothesis's confidence and every image's out-of-domain flag, in one call over the
+    batch: pooled (B, D), found[b] the hypotheses of image b."""
+    owner = torch.tensor([b for b, hs in enumerate(found) for _ in hs], device=pooled.device)
     mean_log_probs = torch.tensor(
-        [h.log_prob / max(len(h.token_log_probs), 1) for h in hypotheses], device=pooled.device
-    )  # (K,)
-    rows = pooled.float().unsqueeze(0).expand(len(hypotheses), -1)  # (K, D)
-    confidence, flags = model.assess(rows, mean_log_probs)
-    out_of_domain = bool(flags[0]) if flags is not None else False
-    return CaptionResult(hypotheses, confidence.tolist(), out_of_domain)
+        [h.log_prob / max(len(h.token_log_probs), 1) for hs in found for h in hs],
+        device=pooled.device,
+    )  # (N,) over all hypotheses
+    confidence, flags = model.assess(pooled.float()[owner], mean_log_probs)  # (N,), (N,)
+    confidences, flagged = confidence.tolist(), flags.tolist() if flags is not None else None
+    results, start = [], 0
+    for hypotheses in found:
+        end = start + len(hypotheses)
+        out_of_domain = bool(flagged[start]) if flagged is not None else False
+        results.append(CaptionResult(hypotheses, confidences[start:end], out_of_domain))
+        start = end
+    return results
 
 
 def caption_of(result: CaptionResult, vocabulary: Vocabulary, attention: bool) -> Caption:
