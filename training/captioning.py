@@ -40,13 +40,17 @@ class CaptionerSettings(LoopSettings):
     styles: str = setting("", "comma-separated image folders to keep, e.g. google (empty: all)")
     feature_cache: str = setting("runs/cache", "folder of cached encoder features")
     backbone: str = setting(
-        "efficientnet-lite0", "frozen image encoder: efficientnet-lite0 or small-cnn"
+        "efficientnet-lite0",
+        "frozen image encoder: efficientnet-lite0 or small-cnn",
+        choices=("efficientnet-lite0", "small-cnn"),
     )
     image_size: int = setting(
         128, "encoder input size in pixels: the grid is size/32 a side (224: 7 x 7)"
     )
     attention: str = setting(
-        "none", "none (Show and Tell), additive (Bahdanau) or multiplicative (Luong)"
+        "none",
+        "none (Show and Tell), additive (Bahdanau) or multiplicative (Luong)",
+        choices=("none", "additive", "multiplicative"),
     )
     attention_input: bool = setting(
         False, "Show, Attend and Tell: attend before each step, gated context into the LSTM input"
@@ -56,7 +60,7 @@ class CaptionerSettings(LoopSettings):
     )
     language: str = setting("en", "caption language: en, or a code with sentences_<code> (de)")
     inject_context: bool = setting(False, "also feed the image vector with every word")
-    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn")
+    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn", choices=("lstm", "gru", "rnn"))
     embed_size: int = setting(256, "word embedding size")
     hidden_size: int = setting(512, "decoder hidden size")
     num_layers: int = setting(1, "decoder layers")

@@ -41,7 +41,7 @@ class LMSettings(LoopSettings):
     data: str = setting(
         "data/fortunes", "train.txt+valid.txt folder, or a text file (last 5% validates)"
     )
-    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn")
+    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn", choices=("lstm", "gru", "rnn"))
     num_layers: int = setting(2, "stacked recurrent layers")
     hidden_size: int = setting(256, "units per layer")
     embed_size: int = setting(64, "character embedding size")

@@ -17,9 +17,10 @@ PRESETS = ("tiny", "fast", "default")
 S = TypeVar("S", bound="LoopSettings")
 
 
-def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field that carries its command-line help."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, choices: tuple[Any, ...] = ()) -> Any:  # noqa: A002
+    """A dataclass field that carries its command-line help and, when it has a fixed set of
+    values, those `choices` (checked for flags by argparse and for presets by LoopSettings)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ class LoopSettings:
     weight_decay: float = setting(0.0, "Adam's L2 weight decay")
     warmup_steps: int = setting(100, "steps of linear learning-rate warm-up from 0")
     schedule: str = setting(
-        "plateau", "after warm-up: plateau (halve on no progress), cosine, constant"
+        "plateau",
+        "after warm-up: plateau (halve on no progress), cosine, constant",
+        choices=("plateau", "cosine", "constant"),
     )
     plateau_factor: float = setting(0.5, "learning-rate factor when the validation metric stalls")
     min_lr_ratio: float = setting(0.02, "the learning rate never falls below lr times this")
@@ -44,7 +47,9 @@ class LoopSettings:
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     patience: int = setting(4, "stop after this many epochs without a better validation metric")
     select_metric: str = setting(
-        "loss", "validation metric for early stopping and best/: loss, bleu or cider"
+        "loss",
+        "validation metric for early stopping and best/: loss, bleu or cider",
+        choices=("loss", "bleu", "cider"),
     )
     metric_subset: int = setting(500, "validation examples decoded greedily for bleu / cider")
     seed: int = setting(1, "random seed of initialisation, shuffling and dropout")
@@ -56,12 +61,11 @@ class LoopSettings:
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        if self.select_metric not in ("loss", "bleu", "cider"):
-            raise ValueError(
-                f"select_metric must be loss, bleu or cider, got {self.select_metric!r}"
-            )
-        if self.schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"schedule must be plateau, cosine or constant, got {self.schedule!r}")
+        for f in dataclasses.fields(self):
+            choices, value = f.metadata.get("choices", ()), getattr(self, f.name)
+            if choices and value not in choices:
+                options = ", ".join(map(str, choices))
+                raise ValueError(f"{f.name} must be one of {options}; got {value!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -104,7 +108,10 @@ def settings_parser(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            action = parser.add_argument(flag, type=_scalar_type(kind_of), default=None, help=text)
+            choices = f.metadata.get("choices") or None
+            action = parser.add_argument(
+                flag, type=_scalar_type(kind_of), default=None, choices=choices, help=text
+            )
         flags[f.name] = action
     return parser
 
