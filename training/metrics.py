@@ -32,12 +32,24 @@ def caption_text(text: str) -> str:
 def caption_scores(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
-    """pycocoevalcap BLEU-1..4 and CIDEr-D of one caption per image against its references."""
+    """pycocoevalcap BLEU-1..4 and CIDEr-D of one caption per image against its references.
+
+    References that tokenize to nothing are left out (pycocoevalcap fails on them); an image with
+    no reference left, or no image at all, is a ValueError that says so."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} captions for {len(references)} reference sets")
+    if not hypotheses:
+        raise ValueError("no captions to score: the evaluated split is empty")
+    gts = {i: [t for t in map(caption_text, refs) if t] for i, refs in enumerate(references)}
+    bare = [i for i, refs in gts.items() if not refs]
+    if bare:
+        raise ValueError(
+            f"{len(bare)} images (e.g. #{bare[0]}) have no non-empty reference caption"
+        )
     res = {i: [caption_text(h)] for i, h in enumerate(hypotheses)}
-    gts = {i: [caption_text(r) for r in refs] for i, refs in enumerate(references)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"bleu{n}": round(100 * float(b), 2) for n, b in enumerate(bleu, start=1)}
