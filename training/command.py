@@ -11,7 +11,7 @@ import torch
 from training.data.loaders import DataFormatError
 from training.distributed import setup, teardown
 from training.loop import Task, Trainer
-from training.settings import LoopSettings, resolve_settings, settings_parser
+from training.settings import LoopSettings, SettingsError, resolve_settings, settings_parser
 from training.state import Progress
 
 TaskFactory = Callable[..., Task]  # (settings, Distributed, torch.device) -> Task
@@ -57,5 +57,5 @@ class TrainingCommand:
         args = self.get_args_parser().parse_args(argv)
         try:
             self.main(args)
-        except (DataFormatError, FileNotFoundError) as error:
+        except (DataFormatError, FileNotFoundError, SettingsError) as error:
             raise SystemExit(f"error: {error}") from None

@@ -19,7 +19,7 @@ from models.vocabulary import Vocabulary
 from training.data.loaders import load_text
 from training.distributed import Distributed
 from training.loop import Batch, Carry
-from training.settings import LoopSettings, setting
+from training.settings import LoopSettings, SettingsError, setting
 from training.tbptt import (
     LN2,
     CarriedStateLM,
@@ -56,7 +56,7 @@ class LMSettings(LoopSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.select_metric != "loss":
-            raise ValueError("the language model selects on validation loss: --select-metric loss")
+            raise SettingsError("the language model selects on validation loss: --select-metric loss")
 
 
 def load_splits(data: str, max_train_chars: int) -> tuple[str, str]:

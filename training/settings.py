@@ -17,6 +17,10 @@ PRESETS = ("tiny", "fast", "default")
 S = TypeVar("S", bound="LoopSettings")
 
 
+class SettingsError(ValueError):
+    """A preset or flag value that cannot be used; the message says which and why."""
+
+
 def setting(default: Any, help: str, choices: tuple[Any, ...] = ()) -> Any:  # noqa: A002
     """A dataclass field that carries its command-line help and, when it has a fixed set of
     values, those `choices` (checked for flags by argparse and for presets by LoopSettings)."""
@@ -65,7 +69,7 @@ class LoopSettings:
             choices, value = f.metadata.get("choices", ()), getattr(self, f.name)
             if choices and value not in choices:
                 options = ", ".join(map(str, choices))
-                raise ValueError(f"{f.name} must be one of {options}; got {value!r}")
+                raise SettingsError(f"{f.name} must be one of {options}; got {value!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -184,7 +188,7 @@ def resolve_settings(settings_class: type[S], kind: str, args: argparse.Namespac
     names = {f.name for f in dataclasses.fields(settings_class)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"{path}: unknown settings {sorted(unknown)}; see --help")
+        raise SettingsError(f"{path}: unknown settings {sorted(unknown)}; see --help")
     values.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
     if not values.get("name"):
         values["name"] = f"{kind}_{path.stem.removeprefix(kind + '_')}"
