@@ -38,6 +38,7 @@ class ServedModel:
     scores: dict[str, Any] = field(default_factory=dict)
     autocast: bool = False  # bf16 autocast on CUDA; switched off if it changes the golden output
     language: str = ""  # the output language its training settings name, when they name one
+    source_language: str = ""  # a translator's input language, from its training direction
 
     @property
     def attention(self) -> str:
@@ -66,6 +67,11 @@ class ServedModel:
                 else {}
             ),
             **({"language": self.language} if self.language else {}),
+            **(
+                {"source_language": self.source_language, "target_language": self.language}
+                if self.source_language
+                else {}
+            ),
             "scores": self.scores,
         }
 
@@ -103,6 +109,7 @@ def load_served_model(name: str, kind: str, with_source: bool, device: torch.dev
     if not golden_path.is_file():
         raise ArtifactError(f"{stored.tag}: {GOLDEN} is missing; re-export the model with it")
     metadata = dict(stored.info.metadata or {})
+    source_language, language = languages(loaded.metadata.get("settings", {}))
     return ServedModel(
         name=name,
         tag=str(stored.tag),
@@ -116,8 +123,19 @@ def load_served_model(name: str, kind: str, with_source: bool, device: torch.dev
         golden=json.loads(golden_path.read_text(encoding="utf-8")),
         scores=_scores(metadata) or _scores(loaded.metadata),
         autocast=device.type == "cuda",
-        language=str(loaded.metadata.get("settings", {}).get("language", "")),
+        language=language,
+        source_language=source_language,
     )
+
+
+def languages(settings: dict[str, Any]) -> tuple[str, str]:
+    """(input, output) languages that a model's training settings name, "" where they name none:
+    a translator's `direction` ("en-de", "en-pt_BR": the codes never hold a hyphen), a
+    captioner's `language`."""
+    if settings.get("direction"):
+        source, _, target = str(settings["direction"]).partition("-")
+        return source, target
+    return "", str(settings.get("language", ""))
 
 
 def _decoder_config(config: Any) -> Any:

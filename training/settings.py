@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("tiny", "fast", "default")
+PRESETS = ("tiny", "fast", "default")  # every model has these; some have more (captioner_coco.yaml)
 S = TypeVar("S", bound="LoopSettings")
 
 
@@ -101,7 +101,7 @@ def settings_parser(
     parser.add_argument(
         "--preset",
         default="default",
-        help=f"a preset name ({', '.join(PRESETS)}) or a YAML file (default: default)",
+        help=f"a preset name ({', '.join(preset_names(kind))}) or a YAML file (default: default)",
     )
     hints = typing.get_type_hints(settings_class)
     for f in dataclasses.fields(settings_class):
@@ -172,10 +172,16 @@ def _scalar_type(kind: Any) -> type:
     return kind if kind in (int, float, str) else str
 
 
+def preset_names(kind: str) -> list[str]:
+    """The presets of one model: `training/configs/<kind>_<name>.yaml`."""
+    return sorted(p.stem.removeprefix(f"{kind}_") for p in CONFIG_DIR.glob(f"{kind}_*.yaml"))
+
+
 def preset_path(preset: str, kind: str) -> Path:
     """`training/configs/<kind>_<preset>.yaml` for a preset name, else the path itself."""
-    if preset in PRESETS:
-        return CONFIG_DIR / f"{kind}_{preset}.yaml"
+    named = CONFIG_DIR / f"{kind}_{preset}.yaml"
+    if preset in PRESETS or ("/" not in preset and named.is_file()):
+        return named
     return Path(preset)
 
 
@@ -183,7 +189,10 @@ def resolve_settings(settings_class: type[S], kind: str, args: argparse.Namespac
     """Defaults, overridden by the preset file, overridden by flags given on the command line."""
     path = preset_path(args.preset, kind)
     if not path.is_file():
-        raise FileNotFoundError(f"no preset {args.preset!r}: {path} does not exist")
+        raise FileNotFoundError(
+            f"no preset {args.preset!r}: {path} does not exist; the {kind} presets are "
+            f"{', '.join(preset_names(kind))}, or give a YAML file"
+        )
     values = yaml.safe_load(path.read_text()) or {}
     names = {f.name for f in dataclasses.fields(settings_class)}
     unknown = set(values) - names

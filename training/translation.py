@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,12 @@ from models.vocabulary import Vocabulary
 from training.batching import example_batches
 from training.captioning import manifest_checksum
 from training.data.loaders import load_aligned
+from training.data.pairs import split_direction
 from training.distributed import Distributed
 from training.loop import Batch, Carry
 from training.metrics import translation_scores
 from training.predict import translate_texts
-from training.settings import LoopSettings, setting
-
-DIRECTIONS = ("en-de", "de-en")
+from training.settings import LoopSettings, SettingsError, setting
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,27 @@ class TranslatorSettings(LoopSettings):
     """Loop settings plus the translator's data, vocabularies and model shape."""
 
     data_dir: str = setting(
-        "data/de-en", "folder with {train,valid,test}.{en,de} line-aligned files"
+        "data/de-en",
+        "folder of line-aligned {train,valid,test}.<language> files "
+        "(python -m training.data.pairs prepares one from your pairs)",
     )
-    direction: str = setting("en-de", "source-target languages: en-de or de-en")
-    tokenizer: str = setting("sentencepiece", "sentencepiece (subwords) or word")
+    direction: str = setting(
+        "en-de",
+        "SOURCE-TARGET language codes, the data files' suffixes: en-de, de-en, en-fr, en-pt_BR",
+    )
+    tokenizer: str = setting(
+        "sentencepiece", "sentencepiece (subwords) or word", choices=("sentencepiece", "word")
+    )
     vocab_size: int = setting(8000, "vocabulary size of each language")
-    sp_model_type: str = setting("unigram", "SentencePiece model: unigram or bpe")
-    attention: str = setting("additive", "additive (Bahdanau), multiplicative (Luong) or none")
-    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn")
+    sp_model_type: str = setting(
+        "unigram", "SentencePiece model: unigram or bpe", choices=("unigram", "bpe")
+    )
+    attention: str = setting(
+        "additive",
+        "additive (Bahdanau), multiplicative (Luong) or none",
+        choices=("additive", "multiplicative", "none"),
+    )
+    cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn", choices=("lstm", "gru", "rnn"))
     embed_size: int = setting(256, "embedding size (encoder and decoder)")
     hidden_size: int = setting(256, "hidden size (each encoder direction, and the decoder)")
     num_layers: int = setting(1, "recurrent layers (encoder and decoder)")
@@ -52,12 +65,59 @@ class TranslatorSettings(LoopSettings):
         80, "training pairs longer than this (either side, in tokens) are skipped"
     )
 
-    @property
-    def languages(self) -> tuple[str, str]:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
-        source, target = self.direction.split("-")
-        return source, target
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction:  # empty in the generic preset: the data files ask for it
+            try:
+                split_direction(self.direction)
+            except ValueError as error:
+                raise SettingsError(str(error)) from None
+
+
+def data_files(data_dir: str, direction: str, split: str) -> tuple[Path, Path]:
+    """A split's source and target files; FileNotFoundError, when the direction names none, saying
+    which languages the folder has and which --direction reads them."""
+    root = Path(data_dir)
+    if not data_dir or not root.is_dir():
+        problem = f"data folder {root} does not exist" if data_dir else "no --data-dir given"
+        raise FileNotFoundError(
+            f"{problem}: give --data-dir a folder of {{train,valid,test}}.<language> files "
+            "(python -m training.data.pairs prepares one)"
+        )
+    if direction:
+        files = tuple(root / f"{split}.{language}" for language in split_direction(direction))
+        missing = [f for f in files if not f.is_file()]
+        if not missing:
+            return files  # type: ignore[return-value]
+        problem = f"{missing[0]} does not exist"
+    else:
+        problem = "no --direction given"
+    raise FileNotFoundError(f"{problem}; {available_directions(root, split)}")
+
+
+def available_directions(root: Path, split: str) -> str:
+    """What the folder offers: its `<split>.<language>` files and the --direction that reads them
+    (the one its manifest.json was prepared for, when it names one)."""
+    languages = sorted(p.suffix[1:] for p in root.glob(f"{split}.*"))
+    if not languages:
+        return f"{root} has no {split}.<language> files (python -m training.data.pairs makes them)"
+    found = "/".join(f"{split}.{language}" for language in languages)
+    prepared = prepared_languages(root)
+    if prepared and set(prepared) <= set(languages):
+        return f"{root} has {found}: use --direction {'-'.join(prepared)}"
+    if len(languages) == 2:
+        first, second = languages
+        return f"{root} has {found}: use --direction {first}-{second} or {second}-{first}"
+    return f"{root} has {found}: use --direction SOURCE-TARGET with two of these languages"
+
+
+def prepared_languages(root: Path) -> tuple[str, str] | None:
+    """(source, target) from the folder's manifest.json `languages`, when it names them."""
+    try:
+        languages = json.loads((root / "manifest.json").read_text(encoding="utf-8"))["languages"]
+        return str(languages["source"]), str(languages["target"])
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
+        return None
 
 
 def train_sentencepiece(
@@ -131,11 +191,11 @@ class TranslationTask:
         self, settings: TranslatorSettings, info: Distributed, device: torch.device
     ) -> None:
         self.settings = settings
-        src, tgt = settings.languages
-        root = Path(settings.data_dir)
-        self.pairs = {
-            s: load_aligned(root / f"{s}.{src}", root / f"{s}.{tgt}") for s in ("train", "valid")
+        files = {
+            s: data_files(settings.data_dir, settings.direction, s) for s in ("train", "valid")
         }
+        self.manifest_sha256 = manifest_checksum(files["train"][0])
+        self.pairs = {s: load_aligned(*files[s]) for s in ("train", "valid")}
         self.source = self._vocabulary("source", [p[0] for p in self.pairs["train"]])
         self.target = self._vocabulary("target", [p[1] for p in self.pairs["train"]])
         torch.manual_seed(settings.seed)
@@ -200,7 +260,7 @@ class TranslationTask:
         data = {
             "data_dir": s.data_dir,
             "direction": s.direction,
-            "manifest_sha256": manifest_checksum(Path(s.data_dir) / "train.en"),
+            "manifest_sha256": self.manifest_sha256,
         }
         vocabularies = {"source": self.source, "target": self.target}
         save_model(directory, self.model, vocabularies, {**metadata, "data": data})
