@@ -13,9 +13,9 @@ from training.data.loaders import (
     load_aligned,
     load_coco_captions,
     load_karpathy,
-    load_text,
     load_tsv_pairs,
 )
+from training.data.text import load_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 IMAGES = FIXTURES / "images"
@@ -58,10 +58,17 @@ def test_karpathy_without_filepath_uses_image_root(tmp_path: Path) -> None:
 
 
 def test_karpathy_missing_image_names_file_and_root() -> None:
-    with pytest.raises(FileNotFoundError, match="COCO_val2014_000000000042.jpg.*image_root"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"dataset_missing_image.json: 1 of 2 images .* image root .*images "
+        r"\(first: val2014/COCO_val2014_000000000042.jpg\)",
+    ):
         load_karpathy(FIXTURES / "dataset_missing_image.json", IMAGES)
     splits = load_karpathy(FIXTURES / "dataset_missing_image.json", IMAGES, check_images=False)
     assert len(splits["test"]) == 1
+    with pytest.warns(UserWarning, match="1 of 2 images"):
+        splits = load_karpathy(FIXTURES / "dataset_missing_image.json", IMAGES, skip_missing=True)
+    assert (len(splits["train"]), len(splits["test"])) == (1, 0)
 
 
 def test_karpathy_rejects_unknown_split(tmp_path: Path) -> None:
@@ -120,13 +127,13 @@ def test_aligned_mismatch_names_both_files_and_counts() -> None:
 def test_text_file_and_folder() -> None:
     assert load_text(FIXTURES / "text" / "a.txt") == "You will be surrounded by luxury.\n%\n"
     text = load_text(FIXTURES / "text")
-    assert (
-        text == "You will be surrounded by luxury.\n%\nCold hands, no gloves.\n%\n"
-    )  # sorted, .md skipped
+    assert text == (  # every file, sorted by name
+        "You will be surrounded by luxury.\n%\nCold hands, no gloves.\n%\nnot a text corpus\n"
+    )
 
 
 def test_text_missing_or_empty_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no \\*.txt"):
+    with pytest.raises(FileNotFoundError, match="holds no files"):
         load_text(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither"):
         load_text(tmp_path / "absent")

@@ -123,7 +123,7 @@ def test_tabs_and_unicode_line_separators_never_reach_a_line_file(tmp_path: Path
     [
         ("p.tsv", "a\tb\nonly one column\n", "p.tsv:2:"),
         ("p.csv", 'a,b\n"c,d\n', "p.csv:2:"),  # an unterminated quote
-        ("p.tsv", "a\tb\nc\t\xff\n", "p.tsv:2: not UTF-8"),
+        ("p.tsv", "a\tb\nc\t\xff\n", r"p.tsv: not UTF-8 text.*line 2"),
     ],
 )
 def test_errors_name_file_and_line(tmp_path: Path, name: str, content: str, where: str) -> None:

@@ -16,7 +16,7 @@ from models.language_model import CharLanguageModel, CharLMConfig, generate
 from models.search import SearchOptions
 from models.tokenizers import CharTokenizer
 from models.vocabulary import Vocabulary
-from training.data.loaders import load_text
+from training.data.text import load_text_splits
 from training.distributed import Distributed
 from training.loop import Batch, Carry
 from training.settings import LoopSettings, SettingsError, setting
@@ -39,7 +39,9 @@ class LMSettings(LoopSettings):
     """Loop settings plus the text, the model shape and truncated BPTT; batch_size = streams."""
 
     data: str = setting(
-        "data/fortunes", "train.txt+valid.txt folder, or a text file (last 5% validates)"
+        "data/fortunes",
+        "UTF-8 text: a file or any folder (train.txt+valid.txt when present; else every file, "
+        "the last 5% validating)",
     )
     cell: str = setting("lstm", "recurrent cell: lstm, gru or rnn", choices=("lstm", "gru", "rnn"))
     num_layers: int = setting(2, "stacked recurrent layers")
@@ -56,18 +58,15 @@ class LMSettings(LoopSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.select_metric != "loss":
-            raise SettingsError("the language model selects on validation loss: --select-metric loss")
+            raise SettingsError(
+                "the language model selects on validation loss: --select-metric loss"
+            )
 
 
 def load_splits(data: str, max_train_chars: int) -> tuple[str, str]:
-    """(train, valid) text: a folder's train.txt/valid.txt, or one file's first 95% / last 5%."""
-    path = Path(data)
-    if path.is_dir() and (path / "train.txt").is_file():
-        train, valid = load_text(path / "train.txt"), load_text(path / "valid.txt")
-    else:
-        text = load_text(path)
-        cut = int(len(text) * 0.95)
-        train, valid = text[:cut], text[cut:]
+    """(train, valid) text: a folder's train.txt/valid.txt, else its train.txt, every file under
+    it or one file, with the last 5% validating (`load_text_splits`); any UTF-8 text."""
+    train, valid = load_text_splits(Path(data))
     return (train[:max_train_chars] if max_train_chars > 0 else train), valid
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from models.checkpoint import load_model
 from models.units import UnitRecording, UnitScore, best_units, record_units
-from training.data.loaders import load_text
+from training.data.text import load_text
 
 _COLOURS = colormaps["bwr"]  # blue low, white middle, red high
 _TAB = "    "

@@ -29,7 +29,7 @@ from training.data.common import (
     write_lines,
     write_manifest,
 )
-from training.data.loaders import DataFormatError
+from training.data.loaders import DataFormatError, read_utf8
 
 # A language code as the data files' suffix: `en`, `fra`, `pt_BR` (a region after an underscore,
 # so that a direction `en-pt_BR` has exactly one hyphen; `pt-BR` is accepted and rewritten).
@@ -84,18 +84,6 @@ def split_direction(direction: str) -> tuple[str, str]:
     return source, target
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 file's text (a BOM dropped); DataFormatError naming the line of a bad byte."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataFormatError(
-            f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x}); save the file as UTF-8"
-        ) from None
-
-
 def looks_like_header(cells: tuple[str, str], codes: tuple[str, str]) -> bool:
     """Whether both cells are column names (`source`, `en`, `text_fr`, ...), not a sentence pair."""
     names = HEADER_WORDS | {part for code in codes for part in code.lower().split("_")}
@@ -111,7 +99,7 @@ def read_table(
     the first row is a header with `header="yes"`, or with "auto" when `looks_like_header`."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(
-        io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True
+        io.StringIO(read_utf8(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True
     )
     pairs, next_line, first = [], 1, True
     try:
@@ -139,7 +127,7 @@ def read_table(
 
 def read_lines(path: Path) -> list[str]:
     """A file's lines, split at line feeds only (a CR before one dropped)."""
-    lines = read_text(path).split("\n")
+    lines = read_utf8(path).split("\n")
     if lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
