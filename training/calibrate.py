@@ -116,7 +116,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     model = _with_uncertainty(loaded.model, args.components)
     cache = FeatureCache(args.feature_cache, model.encoder)
     cache.ensure([e.image_path for name in ("train", "valid", "test") for e in splits[name]])
-    feats = {n: _split_features(cache, splits[n]) for n in ("train", "valid", "test")}
+    feats = {n: _split_features(cache, splits[n]) for n in ("valid", "test")}
+    train_pooled = cache.pooled(cache.rows([e.image_path for e in splits["train"]]))
     vocabulary = loaded.vocabularies["caption"]
 
     def f1_and_scores(name: str) -> tuple[Tensor, Tensor]:
@@ -127,9 +128,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
     valid_f1, valid_scores = f1_and_scores("valid")
     model.uncertainty.fit_confidence(valid_scores, valid_f1)
-    model.uncertainty.fit_domain(
-        feats["train"][0].float(), feats["valid"][0].float(), args.quantile
-    )
+    model.uncertainty.fit_domain(train_pooled.float(), feats["valid"][0].float(), args.quantile)
     test_f1, test_scores = f1_and_scores("test")
     confidence = model.uncertainty.confidence(test_scores)
     report = {
@@ -173,8 +172,7 @@ def _with_uncertainty(model: Captioner, components: int) -> Captioner:
 
 
 def _split_features(cache: FeatureCache, examples: list) -> tuple[Tensor, Tensor]:
-    rows = cache.rows([e.image_path for e in examples])
-    return cache.pooled[rows], cache.grid[rows]
+    return cache.features(cache.rows([e.image_path for e in examples]))
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

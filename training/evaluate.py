@@ -82,9 +82,9 @@ def load_eval_data(
         cache.rows([e.image_path for e in train]),
     )
     data = EvalData([str(e.image_path) for e in examples], [e.captions for e in examples])
-    data.pooled, data.grid = cache.pooled[rows], cache.grid[rows]
+    data.pooled, data.grid = cache.features(rows)
     data.extra = {
-        "train_pooled": cache.pooled[train_rows],
+        "train_pooled": cache.pooled(train_rows),
         "train_captions": [e.captions[0] for e in train],
     }
     return data

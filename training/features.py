@@ -1,24 +1,32 @@
-"""Frozen image-encoder features, computed once per image and cached in a safetensors file.
+"""Frozen image-encoder features, computed once per image and cached on disk for training.
 
-The cache is keyed by the sha256 of each image file's bytes (so a moved or re-extracted image
-still hits and a changed one misses) in a file named after the encoder's config and weights."""
+`FeatureCache` keeps them in `<cache_dir>/features-<fingerprint>/` (the fingerprint hashes the
+encoder's config and weights: features depend on nothing else), as memory-mapped fp16 shards
+listed by a manifest (`training/feature_store.py`): memory stays flat however many images there
+are, and a killed run loses at most the shard in progress. An image is found by (resolved absolute
+path, file size, mtime_ns), so looking up cached images reads no image bytes, and a changed file
+misses and is computed again (its old row stays, unused: delete the folder to reclaim the space).
+A moved image misses too. Files of the previous design, `features-<fingerprint>.safetensors`
+(every image in one file, keyed by a hash of its bytes), are ignored: delete them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
 from models.encoders import ImageEncoder
+from training.feature_store import SHARD_BYTES, Key, ShardStore
 
 
 def encoder_fingerprint(encoder: ImageEncoder) -> str:
@@ -28,6 +36,25 @@ def encoder_fingerprint(encoder: ImageEncoder) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
+
+
+def image_keys(paths: Sequence[str | Path]) -> list[Key]:
+    """(resolved absolute path, size, mtime_ns) of each file: one lstat each, no bytes read."""
+    cwd, folders = os.getcwd(), {}
+    keys = []
+    for given in paths:
+        path = os.path.join(cwd, given)  # unnormalised: realpath resolves links before any ".."
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            path = os.path.realpath(path)
+            info = os.stat(path)
+        else:  # resolving each folder once is what keeps a lookup of 10k images in milliseconds
+            folder, name = os.path.split(path)
+            if folder not in folders:
+                folders[folder] = os.path.realpath(folder)
+            path = os.path.join(folders[folder], name)
+        keys.append((path, info.st_size, info.st_mtime_ns))
+    return keys
 
 
 def load_images(encoder: ImageEncoder, paths: Sequence[str | Path]) -> Tensor:
@@ -40,6 +67,24 @@ def load_images(encoder: ImageEncoder, paths: Sequence[str | Path]) -> Tensor:
 
 
 @torch.inference_mode()
+def encode_batches(
+    encoder: ImageEncoder,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Encode image files a batch at a time -> pooled (B, D) and grid (B, S, D), fp16 on the CPU.
+
+    Images are decoded in turn with the encoder: decoding the next batch on a helper thread ran
+    between 10% slower and 8% faster on 2 CPU cores, which the encoder keeps busy, so it is not
+    done (bench/feature_cache.py, bench/README.md)."""
+    encoder.eval()
+    for start in range(0, len(paths), batch_size):
+        images = load_images(encoder, paths[start : start + batch_size]).to(device)
+        pooled, grid = encoder(images)  # (B, D), (B, S, D)
+        yield pooled.half().cpu(), grid.half().cpu()
+
+
 def compute_features(
     encoder: ImageEncoder,
     paths: Sequence[str | Path],
@@ -47,74 +92,71 @@ def compute_features(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Encode image files -> pooled (N, D) and grid (N, S, D), stored as fp16 on the CPU."""
-    encoder.eval()
-    pooled, grid = [], []
-    starts = range(0, len(paths), batch_size)
-    for start in tqdm(starts, desc="image features", unit="batch", disable=not progress):
-        images = load_images(encoder, paths[start : start + batch_size]).to(device)
-        p, g = encoder(images)  # (B, D), (B, S, D)
-        pooled.append(p.half().cpu())
-        grid.append(g.half().cpu())
-    return torch.cat(pooled), torch.cat(grid)
+    """Encode image files -> pooled (N, D) and grid (N, S, D), fp16 on the CPU, all in memory."""
+    total = -(-len(paths) // batch_size)
+    batches = encode_batches(encoder, paths, batch_size, device)
+    found = list(tqdm(batches, "image features", total, unit="batch", disable=not progress))
+    return torch.cat([p for p, _ in found]), torch.cat([g for _, g in found])
 
 
 class FeatureCache:
-    """Features of image files for one encoder, kept in `<dir>/features-<fingerprint>.safetensors`."""
+    """Features of image files for one encoder, in `<directory>/features-<fingerprint>/`."""
 
     def __init__(self, directory: str | Path, encoder: ImageEncoder) -> None:
         self.encoder = encoder
-        self.path = Path(directory) / f"features-{encoder_fingerprint(encoder)}.safetensors"
-        self.index: dict[str, int] = {}
-        # fp16 throughout: an fp32 start would promote every appended chunk (twice the size)
-        self.pooled = torch.empty(0, dtype=torch.float16)
-        self.grid = torch.empty(0, dtype=torch.float16)
-        if self.path.is_file():
-            tensors = load_file(str(self.path))
-            with safe_open(str(self.path), "pt") as stream:  # the keys are header metadata
-                keys = json.loads(stream.metadata()["keys"])
-            self.index = {k: i for i, k in enumerate(keys)}
-            self.pooled, self.grid = tensors["pooled"].half(), tensors["grid"].half()
+        fingerprint = encoder_fingerprint(encoder)
+        identity = {"fingerprint": fingerprint, "encoder": asdict(encoder.config)}
+        self.store = ShardStore(Path(directory) / f"features-{fingerprint}", identity)
+
+    def __len__(self) -> int:
+        return len(self.store)
 
     def ensure(
         self,
         paths: Sequence[str | Path],
         batch_size: int = 32,
         device: torch.device | str = "cpu",
-        save_every: int = 4096,
+        shard_bytes: int = SHARD_BYTES,
     ) -> None:
-        """Compute and store the features of every image not cached yet (saved every few thousand)."""
-        missing = {}
-        for path in paths:
-            key = _key(path)
-            if key not in self.index:
-                missing.setdefault(key, path)
-        keys = list(missing)
-        for start in range(0, len(keys), save_every):
-            chunk = keys[start : start + save_every]
-            self._add(chunk, [missing[k] for k in chunk], batch_size, device)
+        """Compute and store the features of every image not cached yet, a shard at a time: a
+        shard holds at most `shard_bytes` (a multiple of `batch_size` rows), and memory one shard."""
+        if not self._missing(paths):
+            return
+        with self.store.writing(shard_bytes, multiple=batch_size) as writer:
+            missing = self._missing(paths)  # another process may have cached some meanwhile
+            keys = iter(missing)
+            batches = encode_batches(self.encoder, list(missing.values()), batch_size, device)
+            with tqdm(total=len(missing), desc="image features", unit="image") as bar:
+                for pooled, grid in batches:
+                    rows = torch.cat([pooled.unsqueeze(1), grid], dim=1).numpy()  # (B, 1 + S, D)
+                    writer.add([next(keys) for _ in rows], rows)
+                    bar.update(len(rows))
 
-    def _add(
-        self, keys: list[str], paths: list[str | Path], batch_size: int, device: torch.device | str
-    ) -> None:
-        pooled, grid = compute_features(self.encoder, paths, batch_size, device)
-        offset = len(self.index)
-        self.index.update({k: offset + i for i, k in enumerate(keys)})
-        self.pooled = torch.cat([self.pooled.view(-1, pooled.size(1)), pooled])
-        self.grid = torch.cat([self.grid.view(-1, *grid.shape[1:]), grid])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            "keys": json.dumps(list(self.index)),
-            "encoder": str(asdict(self.encoder.config)),
-        }
-        tmp = self.path.with_suffix(".tmp")
-        save_file({"pooled": self.pooled, "grid": self.grid}, str(tmp), metadata=metadata)
-        tmp.replace(self.path)
+    def _missing(self, paths: Sequence[str | Path]) -> dict[Key, str | Path]:
+        missing: dict[Key, str | Path] = {}
+        for path, key in zip(paths, image_keys(paths), strict=True):
+            if key not in self.store.index:
+                missing.setdefault(key, path)
+        return missing
 
     def rows(self, paths: Sequence[str | Path]) -> Tensor:
-        """Row indices (N,) of `paths` in `pooled` / `grid`; every path must be cached."""
-        return torch.tensor([self.index[_key(p)] for p in paths], dtype=torch.long)
+        """Row indices (N,) of `paths` for `features`; every path must be cached (see `ensure`)."""
+        rows = []
+        for path, key in zip(paths, image_keys(paths), strict=True):
+            if key not in self.store.index:
+                raise LookupError(
+                    f"{path}: not in the feature cache {self.store.folder}, or changed since it "
+                    "was cached: call ensure() with it first"
+                )
+            rows.append(self.store.index[key])
+        return torch.tensor(rows, dtype=torch.long)
 
+    def features(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """rows (B,) -> pooled (B, D) and grid (B, S, D): fp16 CPU tensors read from the shards."""
+        pooled, grid = self.store.gather(rows, with_grid=True)
+        assert grid is not None
+        return pooled, grid
 
-def _key(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    def pooled(self, rows: Tensor) -> Tensor:
+        """rows (B,) -> pooled (B, D) fp16 on the CPU, without reading the grids."""
+        return self.store.gather(rows, with_grid=False)[0]
