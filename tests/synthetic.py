@@ -1,4 +1,5 @@
-"""Synthetic COCO-shaped caption data: coloured shapes, and captions saying which and where."""
+"""Synthetic data of the shapes users bring: COCO-shaped caption data (coloured shapes, and
+captions saying which and where) and English-French template sentence pairs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,41 @@ def _write_files(
     tsv = root / "captions.tsv"
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return CocoShaped(root, dataset, (coco_paths[0], coco_paths[1]), tsv)
+
+
+FR_NOUNS = {
+    "cat": "le chat",
+    "dog": "le chien",
+    "bird": "l'oiseau",
+    "horse": "le cheval",
+    "house": "la maison",
+    "car": "la voiture",
+    "boat": "le bateau",
+    "tree": "l'arbre",
+}
+FR_COLOURS = {  # invariable in French: no agreement with la maison
+    "red": "rouge",
+    "yellow": "jaune",
+    "pink": "rose",
+    "orange": "orange",
+    "beige": "beige",
+}
+FR_VERBS = {
+    "sleeps": "dort",
+    "waits": "attend",
+    "falls": "tombe",
+    "is here": "est ici",
+    "is there": "est là",
+    "moves": "bouge",
+}
+
+
+def english_french_pairs() -> list[tuple[str, str]]:
+    """240 template sentences: "the red cat sleeps ." -> "le chat rouge dort ."."""
+    return [
+        (
+            f"the {colour} {noun} {verb} .",
+            f"{FR_NOUNS[noun]} {FR_COLOURS[colour]} {FR_VERBS[verb]} .",
+        )
+        for noun, colour, verb in product(FR_NOUNS, FR_COLOURS, FR_VERBS)
+    ]

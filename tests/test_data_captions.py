@@ -343,3 +343,17 @@ def test_empty_text_says_so(tmp_path: Path) -> None:
     for tiny in ("a", "ab \n"):
         with pytest.raises(DataFormatError, match=r"tiny.txt: .* too few to train on 95%"):
             load_text_splits(write(tmp_path / "tiny.txt", tiny))
+
+
+def test_max_images_takes_a_stable_spread_subset_of_each_split(tmp_path: Path) -> None:
+    from training.captioning import load_caption_splits
+
+    data = write_coco_shaped(tmp_path / "coco", n_images=120, seed=5)
+    full = load_caption_splits(str(data.karpathy), str(data.images))
+    part = load_caption_splits(str(data.karpathy), str(data.images), max_images=10)
+    for name, examples in full.items():
+        chosen = part[name]
+        assert len(chosen) == min(10, len(examples))
+        assert [e for e in examples if e in chosen] == chosen  # a subset, in the file's order
+    train = full["train"]
+    assert part["train"] != train[:10]  # spread over the split, not its head

@@ -4,50 +4,17 @@ preset on them, export it into the test store and serve it beside the default tr
 from __future__ import annotations
 
 import json
-from itertools import product
 from pathlib import Path
 
 import pytest
 
+from tests.synthetic import english_french_pairs
 from training import export, train_translator
 from training.data import pairs
 from training.settings import CONFIG_DIR, resolve_settings
 from training.translation import TranslatorSettings, data_files
 
 ROOT = Path(__file__).resolve().parents[1]
-NOUNS = {
-    "cat": "le chat",
-    "dog": "le chien",
-    "bird": "l'oiseau",
-    "horse": "le cheval",
-    "house": "la maison",
-    "car": "la voiture",
-    "boat": "le bateau",
-    "tree": "l'arbre",
-}
-COLOURS = {  # invariable in French: no agreement with la maison
-    "red": "rouge",
-    "yellow": "jaune",
-    "pink": "rose",
-    "orange": "orange",
-    "beige": "beige",
-}
-VERBS = {
-    "sleeps": "dort",
-    "waits": "attend",
-    "falls": "tombe",
-    "is here": "est ici",
-    "is there": "est là",
-    "moves": "bouge",
-}
-
-
-def english_french_pairs() -> list[tuple[str, str]]:
-    """240 template sentences: "the red cat sleeps ." -> "le chat rouge dort ."."""
-    return [
-        (f"the {colour} {noun} {verb} .", f"{NOUNS[noun]} {COLOURS[colour]} {VERBS[verb]} .")
-        for noun, colour, verb in product(NOUNS, COLOURS, VERBS)
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
 from models.vocabulary import END, PAD, START, Vocabulary
 from training.batching import example_batches
-from training.data.loaders import CaptionExample, DataFormatError, load_karpathy
+from training.data.common import hash_fraction
+from training.data.loaders import CaptionExample, DataFormatError, load_caption_dataset
 from training.distributed import Distributed
 from training.features import FeatureCache
 from training.loop import Batch, Carry
@@ -35,9 +36,19 @@ VOCAB = "caption"
 class CaptionerSettings(LoopSettings):
     """Loop settings plus the captioner's data, vocabulary and decoder shape."""
 
-    dataset: str = setting("data/emoji/dataset_emoji.json", "Karpathy-format split file")
-    images: str = setting("data/emoji/images", "folder the split file's image paths start from")
-    styles: str = setting("", "comma-separated image folders to keep, e.g. google (empty: all)")
+    dataset: str = setting(
+        "data/emoji/dataset_emoji.json",
+        "captions: Karpathy split JSON, COCO captions JSON or image<TAB>caption TSV/CSV "
+        "(python -m training.data.captions checks and prepares one)",
+    )
+    images: str = setting("data/emoji/images", "folder the data file's image paths start from")
+    styles: str = setting(
+        "",
+        "emoji/photo data only: comma-separated style folders to keep, e.g. google (empty: all)",
+    )
+    max_images: int = setting(
+        0, "use at most this many images of each split, a stable spread-out subset (0: all)"
+    )
     feature_cache: str = setting("runs/cache", "folder of cached encoder features")
     backbone: str = setting(
         "efficientnet-lite0",
@@ -76,11 +87,12 @@ class EmptySplitError(DataFormatError):
 
 
 def load_caption_splits(
-    dataset: str, images: str, styles: str = "", language: str = "en"
+    dataset: str, images: str, styles: str = "", language: str = "en", max_images: int = 0
 ) -> dict[str, list[CaptionExample]]:
-    """Karpathy-format splits in `language`, keeping only images under the listed style folders
-    (when given). Raises EmptySplitError, naming the filter, when train or valid ends up empty."""
-    splits = load_karpathy(Path(dataset), Path(images), language=language)
+    """The splits of a caption data file (any format `load_caption_dataset` reads) in `language`,
+    keeping only images under the listed style folders (when given) and at most `max_images` of
+    each split. Raises EmptySplitError, naming the filter, when train or valid ends up empty."""
+    splits = load_caption_dataset(dataset, Path(images), language=language)
     keep = {s.strip() for s in styles.split(",") if s.strip()}
     if keep:
         splits = {
@@ -89,7 +101,22 @@ def load_caption_splits(
     for name in ("train", "valid"):
         if not splits[name]:
             raise EmptySplitError(_empty_split_reason(dataset, name, keep, language))
+    if max_images > 0:
+        splits = {name: spread_subset(ex, max_images) for name, ex in splits.items()}
     return splits
+
+
+def spread_subset(examples: list[CaptionExample], limit: int) -> list[CaptionExample]:
+    """At most `limit` examples, chosen by a hash of the image path (stable, spread over the
+    whole list, whatever its order), kept in their original order."""
+    if len(examples) <= limit:
+        return examples
+    chosen = set(
+        sorted(
+            range(len(examples)), key=lambda i: hash_fraction(f"subset:{examples[i].image_path}")
+        )[:limit]
+    )
+    return [e for i, e in enumerate(examples) if i in chosen]
 
 
 def _empty_split_reason(dataset: str, split: str, styles: set[str], language: str) -> str:
@@ -148,15 +175,16 @@ def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
 def load_features(
     model: Captioner, paths: list[Path], directory: str, info: Distributed, device: torch.device
 ) -> FeatureCache:
-    """The cache holding every path's features; the main process computes what is missing."""
-    cache = FeatureCache(directory, model.encoder.to(device))
+    """The cache holding every path's features; the main process computes what is missing, the
+    others open the cache once it is done, to read only."""
     if info.is_main:
+        cache = FeatureCache(directory, model.encoder.to(device))
         cache.ensure(paths, device=device)
+        model.encoder.cpu()
     if info.enabled:
         dist.barrier()
-        if not info.is_main:
-            cache = FeatureCache(directory, model.encoder)
-    model.encoder.cpu()
+    if not info.is_main:
+        cache = FeatureCache(directory, model.encoder)
     return cache
 
 
@@ -170,16 +198,19 @@ class CaptionTask:
     ) -> None:
         self.settings = settings
         self.splits = load_caption_splits(
-            settings.dataset, settings.images, settings.styles, settings.language
+            settings.dataset,
+            settings.images,
+            settings.styles,
+            settings.language,
+            settings.max_images,
         )
         self.vocabulary = self._vocabulary()
         torch.manual_seed(settings.seed)
         self.model = build_captioner(settings, len(self.vocabulary))
         paths = [e.image_path for split in self.splits.values() for e in split]
-        cache = load_features(self.model, paths, settings.feature_cache, info, device)
-        self.pooled, self.grid = cache.pooled, cache.grid
+        self.cache = load_features(self.model, paths, settings.feature_cache, info, device)
         self.image_rows = {
-            s: cache.rows([e.image_path for e in ex]) for s, ex in self.splits.items()
+            s: self.cache.rows([e.image_path for e in ex]) for s, ex in self.splits.items()
         }
         self.examples = {s: self._pairs(s) for s in ("train", "valid")}
 
@@ -211,8 +242,8 @@ class CaptionTask:
         pairs = [self.examples[split][i] for i in indices]
         rows = torch.tensor([row for row, _ in pairs])
         tokens, _ = pad_batch([t for _, t in pairs], device)  # (B, T+1) START ... END PAD
-        pooled = self.pooled[rows].float().to(device)  # (B, D)
-        grid = self.grid[rows].float().to(device)  # (B, S, D)
+        pooled, grid = self.cache.features(rows)  # fp16 (B, D), (B, S, D)
+        pooled, grid = pooled.float().to(device), grid.float().to(device)
         return Batch((pooled, grid, tokens[:, :-1]), tokens[:, 1:])
 
     def teacher_forced(self) -> nn.Module:
@@ -249,9 +280,8 @@ class CaptionTask:
     def captions(self, rows: Tensor, options: SearchOptions) -> list[str]:
         """Decode the images at cache `rows` (N,) with `options`."""
         self.model.eval()
-        return caption_texts(
-            self.model, self.vocabulary, self.pooled[rows], self.grid[rows], options
-        )
+        pooled, grid = self.cache.features(rows)  # fp16 (N, D), (N, S, D)
+        return caption_texts(self.model, self.vocabulary, pooled, grid, options)
 
     def save(self, directory: Path, metadata: dict[str, Any]) -> None:
         data = {
