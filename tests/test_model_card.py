@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from training.model_card import data_licences, hf_licence, model_card, refresh_card
+from models.checkpoint import CHECKSUMS, verify_checksums
+from training.model_card import CARD, data_licences, hf_licence, model_card, refresh_card
 
 
 def test_licences_come_from_the_data_manifest(tmp_path: Path) -> None:
@@ -77,3 +78,13 @@ def test_refreshing_a_card_keeps_its_prose_and_is_idempotent(tmp_path: Path) -> 
         "## Scores"
     )
     assert refresh_card(tmp_path).read_text() == first
+
+
+def test_every_shipped_model_verifies_and_its_card_can_be_refreshed() -> None:
+    """The cards are documentation: refreshing one must never break a model's checksums."""
+    shipped = sorted(p for p in (Path(__file__).parents[1] / "pretrained").iterdir() if p.is_dir())
+    assert len(shipped) >= 4
+    for directory in shipped:
+        verify_checksums(directory)
+        assert CARD not in json.loads((directory / CHECKSUMS).read_text()), directory
+        assert _front((directory / CARD).read_text())["pipeline_tag"]

@@ -307,6 +307,9 @@ def refresh_card(directory: Path) -> Path:
     """Rewrite the front matter of `directory/MODEL_CARD.md` (prepending it when absent) and add
     the intended-use and limitations sections when the card has none; the prose stays."""
     card = directory / CARD
+    checksums = directory / "checksums.json"
+    if checksums.is_file() and CARD in json.loads(checksums.read_text()):
+        raise ValueError(f"{directory}: checksums.json lists {CARD}; drop it there first")
     config = json.loads((directory / "config.json").read_text())
     body = re.sub(r"\A---\n.*?\n---\n", "", card.read_text(encoding="utf-8"), flags=re.S)
     if "## Intended use" not in body:
