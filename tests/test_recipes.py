@@ -76,6 +76,7 @@ def test_both_recipes_end_to_end(workdir: Path, tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             models = {m["name"]: m for m in client.get("/models").json()["models"]}
             assert models["captioner_coco"]["kind"] == "captioner"
+            assert models["captioner_coco"]["uncertainty_fitted"]  # calibrate ran
             french = models["translator_en_fr"]
             assert (french["source_language"], french["target_language"]) == ("en", "fr")
             assert "translator" in models  # the default stays, served beside it
