@@ -357,3 +357,24 @@ def test_max_images_takes_a_stable_spread_subset_of_each_split(tmp_path: Path) -
         assert [e for e in examples if e in chosen] == chosen  # a subset, in the file's order
     train = full["train"]
     assert part["train"] != train[:10]  # spread over the split, not its head
+
+
+def test_data_without_validation_images_validates_on_a_stable_part_of_train(
+    tmp_path: Path,
+) -> None:
+    from training.captioning import load_caption_splits
+
+    data = write_coco_shaped(tmp_path / "coco", n_images=80, seed=2)
+    lines = data.tsv.read_text().splitlines()[1:]  # image, caption: every image in train or test
+    split_of = {
+        line.split("\t")[0]: ("test" if i % 5 == 0 else "train") for i, line in enumerate(lines)
+    }
+    tsv = tmp_path / "no_valid.tsv"
+    tsv.write_text("".join(f"{line}\t{split_of[line.split(chr(9))[0]]}\n" for line in lines))
+    first = load_caption_splits(str(tsv), str(data.images))
+    again = load_caption_splits(str(tsv), str(data.images))
+    assert first["valid"] and first["valid"] == again["valid"]
+    train, valid = {e.image_path for e in first["train"]}, {e.image_path for e in first["valid"]}
+    assert not train & valid and all(
+        split_of[str(p.relative_to(data.images))] == "train" for p in valid
+    )

@@ -1,4 +1,5 @@
-"""The captioning task: Karpathy-format data, a word vocabulary, cached frozen-encoder features."""
+"""The captioning task: Karpathy-format data, a word vocabulary, cached frozen-encoder features
+(or, fine-tuning the encoder's last blocks, cached activations of the frozen blocks before them)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ from torch import Tensor, nn
 from models.attention import doubly_stochastic_penalty
 from models.captioner import Captioner, CaptionerConfig
 from models.checkpoint import save_model
-from models.encoders import ImageEncoderConfig
+from models.encoders import EncoderSuffix, ImageEncoderConfig
 from models.inference import pad_batch
 from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
 from models.vocabulary import END, PAD, START, Vocabulary
 from training.batching import example_batches
-from training.data.common import hash_fraction
-from training.data.loaders import CaptionExample, DataFormatError, load_caption_dataset
+from training.data.common import SplitFractions, hash_fraction, stable_split
+from training.data.loaders import (
+    CaptionExample,
+    DataFormatError,
+    held_out_fractions,
+    load_caption_dataset,
+)
 from training.distributed import Distributed
+from training.encoder_tuning import plain_captioner, split_encoder
 from training.features import FeatureCache
 from training.loop import Batch, Carry
 from training.metrics import caption_scores
@@ -58,6 +65,14 @@ class CaptionerSettings(LoopSettings):
     image_size: int = setting(
         128, "encoder input size in pixels: the grid is size/32 a side (224: 7 x 7)"
     )
+    fine_tune_blocks: int = setting(
+        0,
+        "train the encoder's last N blocks and head with the decoder, on cached activations of "
+        "the frozen blocks before them; the model then stores its encoder (0: frozen encoder)",
+    )
+    encoder_lr_scale: float = setting(
+        0.1, "with --fine-tune-blocks: the encoder's learning rate is lr times this"
+    )
     attention: str = setting(
         "none",
         "none (Show and Tell), additive (Bahdanau) or multiplicative (Luong)",
@@ -82,6 +97,9 @@ class CaptionerSettings(LoopSettings):
     decode_max_length: int = setting(24, "longest caption decoded for metrics, END included")
 
 
+MIN_TRAIN_TO_CARVE = 20  # data without validation images gets some from train when it has this many
+
+
 class EmptySplitError(DataFormatError):
     """A split the run needs has no images left after the data's own filters."""
 
@@ -93,6 +111,9 @@ def load_caption_splits(
     keeping only images under the listed style folders (when given) and at most `max_images` of
     each split. Raises EmptySplitError, naming the filter, when train or valid ends up empty."""
     splits = load_caption_dataset(dataset, Path(images), language=language)
+    if not splits["valid"] and len(splits["train"]) >= MIN_TRAIN_TO_CARVE:
+        splits["train"], splits["valid"] = carve_valid(splits["train"])
+        print(f"{dataset} has no validation split: {len(splits['valid'])} training images validate")
     keep = {s.strip() for s in styles.split(",") if s.strip()}
     if keep:
         splits = {
@@ -104,6 +125,24 @@ def load_caption_splits(
     if max_images > 0:
         splits = {name: spread_subset(ex, max_images) for name, ex in splits.items()}
     return splits
+
+
+def carve_valid(
+    train: list[CaptionExample],
+) -> tuple[list[CaptionExample], list[CaptionExample]]:
+    """(train, valid) for data that names no validation images: valid takes the training images
+    that `stable_split` holds out (5%, at most 5,000), so the choice is stable across runs."""
+    fractions = held_out_fractions(len(train))
+    fractions = SplitFractions(train=1 - fractions.valid, valid=fractions.valid, test=0.0)
+    chosen = [stable_split(f"valid:{e.image_path}", fractions) == "valid" for e in train]
+    if not any(chosen):  # a small set the hash left without one
+        chosen[
+            min(range(len(train)), key=lambda i: hash_fraction(f"valid:{train[i].image_path}"))
+        ] = True
+    return (
+        [e for e, held in zip(train, chosen, strict=True) if not held],
+        [e for e, held in zip(train, chosen, strict=True) if held],
+    )
 
 
 def spread_subset(examples: list[CaptionExample], limit: int) -> list[CaptionExample]:
@@ -139,14 +178,25 @@ def manifest_checksum(data_file: Path) -> str | None:
 
 
 class TeacherForcedCaptioner(nn.Module):
-    """Cached features and caption prefixes -> logits, as one forward (what DDP wraps)."""
+    """Cached features and caption prefixes -> logits, as one forward (what DDP wraps). With a
+    fine-tuned encoder the cache holds its prefix's activations, which `suffix` finishes."""
 
-    def __init__(self, model: Captioner) -> None:
+    def __init__(self, model: Captioner, suffix: EncoderSuffix | None = None) -> None:
         super().__init__()
         self.model = model
+        self.suffix = suffix
+
+    def train(self, mode: bool = True) -> TeacherForcedCaptioner:
+        super().train(mode)
+        if self.suffix is not None:
+            self.suffix.train(mode)  # after the captioner's backbone: its batch norm stays frozen
+        return self
 
     def forward(self, pooled: Tensor, grid: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
-        """pooled (B, D), grid (B, S, D), tokens (B, T) -> logits (B, T, V), attention (B, T, S)."""
+        """pooled (B, D), grid (B, S, D), tokens (B, T) -> logits (B, T, V), attention (B, T, S).
+        With a suffix, grid is the prefix's (B, S', C) and pooled is unused."""
+        if self.suffix is not None:
+            pooled, grid = self.suffix(grid)  # (B, D), (B, S, D)
         decoder = self.model.decoder
         memory = self.model.memory_from_features(pooled, grid)
         logits, _, weights = decoder(tokens, decoder.init_state(memory))
@@ -154,10 +204,16 @@ class TeacherForcedCaptioner(nn.Module):
 
 
 def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
-    """A new captioner shaped by `settings` (the frozen pretrained encoder comes from its package)."""
+    """A new captioner shaped by `settings` (a frozen pretrained encoder comes from its package;
+    one that is fine-tuned is stored with the model)."""
     s = settings
+    encoder = ImageEncoderConfig(
+        backbone=s.backbone,  # type: ignore[arg-type]
+        trainable=s.fine_tune_blocks > 0,
+        image_size=s.image_size,
+    )
     config = CaptionerConfig.create(
-        ImageEncoderConfig(backbone=s.backbone, image_size=s.image_size),  # type: ignore[arg-type]
+        encoder,
         vocab_size,
         embed_size=s.embed_size,
         hidden_size=s.hidden_size,
@@ -173,18 +229,19 @@ def build_captioner(settings: CaptionerSettings, vocab_size: int) -> Captioner:
 
 
 def load_features(
-    model: Captioner, paths: list[Path], directory: str, info: Distributed, device: torch.device
+    encoder: nn.Module, paths: list[Path], directory: str, info: Distributed, device: torch.device
 ) -> FeatureCache:
-    """The cache holding every path's features; the main process computes what is missing, the
-    others open the cache once it is done, to read only."""
+    """The cache holding every path's `encoder` output (an ImageEncoder's features, or an
+    EncoderPrefix's activations); the main process computes what is missing, the others open
+    the cache once it is done, to read only."""
     if info.is_main:
-        cache = FeatureCache(directory, model.encoder.to(device))
+        cache = FeatureCache(directory, encoder.to(device))  # type: ignore[arg-type]
         cache.ensure(paths, device=device)
-        model.encoder.cpu()
+        encoder.cpu()
     if info.enabled:
         dist.barrier()
     if not info.is_main:
-        cache = FeatureCache(directory, model.encoder)
+        cache = FeatureCache(directory, encoder)  # type: ignore[arg-type]
     return cache
 
 
@@ -207,10 +264,15 @@ class CaptionTask:
         self.vocabulary = self._vocabulary()
         torch.manual_seed(settings.seed)
         self.model = build_captioner(settings, len(self.vocabulary))
-        paths = [e.image_path for split in self.splits.values() for e in split]
-        self.cache = load_features(self.model, paths, settings.feature_cache, info, device)
+        cached, self.suffix = split_encoder(
+            self.model, settings.fine_tune_blocks, settings.encoder_lr_scale
+        )
+        # evaluation reuses a frozen encoder's features of every split; a tuned one's it computes
+        cached_splits = ("train", "valid") if self.suffix is not None else tuple(self.splits)
+        paths = [e.image_path for s in cached_splits for e in self.splits[s]]
+        self.cache = load_features(cached, paths, settings.feature_cache, info, device)
         self.image_rows = {
-            s: self.cache.rows([e.image_path for e in ex]) for s, ex in self.splits.items()
+            s: self.cache.rows([e.image_path for e in self.splits[s]]) for s in cached_splits
         }
         self.examples = {s: self._pairs(s) for s in ("train", "valid")}
 
@@ -247,7 +309,7 @@ class CaptionTask:
         return Batch((pooled, grid, tokens[:, :-1]), tokens[:, 1:])
 
     def teacher_forced(self) -> nn.Module:
-        return TeacherForcedCaptioner(self.model)
+        return TeacherForcedCaptioner(self.model, self.suffix)
 
     def forward(
         self, module: nn.Module, batch: Batch, carry: Carry
@@ -281,6 +343,10 @@ class CaptionTask:
         """Decode the images at cache `rows` (N,) with `options`."""
         self.model.eval()
         pooled, grid = self.cache.features(rows)  # fp16 (N, D), (N, S, D)
+        if self.suffix is not None:
+            with torch.no_grad():  # the cached prefix activations (N, S', C) -> features
+                device = next(self.model.parameters()).device
+                pooled, grid = self.suffix.eval()(grid.float().to(device))
         return caption_texts(self.model, self.vocabulary, pooled, grid, options)
 
     def save(self, directory: Path, metadata: dict[str, Any]) -> None:
@@ -288,4 +354,5 @@ class CaptionTask:
             "dataset": self.settings.dataset,
             "manifest_sha256": manifest_checksum(Path(self.settings.dataset)),
         }
-        save_model(directory, self.model, {VOCAB: self.vocabulary}, {**metadata, "data": data})
+        model = plain_captioner(self.model)  # a fine-tuned encoder's weights stored plainly
+        save_model(directory, model, {VOCAB: self.vocabulary}, {**metadata, "data": data})
