@@ -56,7 +56,7 @@ test-load: install
 
 # The service tests alone: helpers in-process, one real `bentoml serve`, `bentoml build` (~60 s).
 test-service: install
-	$(PY) -m pytest -q tests/test_service*.py
+	$(PY) -m pytest -q tests/test_service*.py tests/test_api_*.py
 
 lint: install
 	$(VENV)/bin/ruff check .

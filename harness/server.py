@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,7 @@ class Server:
     workers: int = 1
     launched: float = 0.0  # time.perf_counter() just before the process was started
     start_s: float | None = None  # launch to the first time it was ready
+    private_home: Path | None = None  # removed by stop()
 
     @classmethod
     def start(
@@ -108,13 +111,23 @@ class Server:
 
     @classmethod
     def bentoml(cls, home: Path, log: Path, env: dict[str, str] | None = None) -> Self:
-        """`bentoml serve` of the service over the BentoML store in `home`, on a free port."""
-        env = {"BENTOML_HOME": str(home), **(env or {})}
+        """`bentoml serve` of the service over the BentoML store in `home`, on a free port.
+
+        The server gets a BentoML home of its own whose `models` is `home`'s: `bentoml serve`
+        empties `$BENTOML_HOME/prometheus_multiproc_dir` when it starts, which would wipe the
+        metrics of any other server running over the same home."""
+        private = Path(tempfile.mkdtemp(prefix="seqserve-serve-"))
+        (private / "models").symlink_to(Path(home).resolve() / "models")
+        env = {**(env or {}), "BENTOML_HOME": str(private)}
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe"]
         command += ["--host", "127.0.0.1", "--port", str(port)]
         workers = service_workers(env)
-        return cls.start("bentoml", command, port, log, env, ready_line=READY_LINE, workers=workers)
+        server = cls.start(
+            "bentoml", command, port, log, env, ready_line=READY_LINE, workers=workers
+        )
+        server.private_home = private
+        return server
 
     def __enter__(self) -> Self:
         return self
@@ -193,11 +206,12 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the process group, SIGKILL it after `timeout` s."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.private_home is not None:
+            shutil.rmtree(self.private_home, ignore_errors=True)  # the models link, not the store

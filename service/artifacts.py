@@ -12,6 +12,7 @@ from torch import nn
 
 from models.checkpoint import load_model
 from models.vocabulary import Vocabulary
+from service.settings import store_tag
 
 GOLDEN = "golden.json"
 # vocabulary file names tried in order (vocab.<name>.json); a single vocabulary serves every role
@@ -29,6 +30,7 @@ class ServedModel:
 
     name: str  # store name, e.g. "captioner"
     tag: str  # "captioner:<version>"
+    configured: str  # as the settings name it: "captioner" (latest) or a tag; the runtime's key
     kind: str  # "captioner" | "translator" | "char_lm"
     model: nn.Module
     target: Vocabulary
@@ -50,6 +52,7 @@ class ServedModel:
         return {
             "name": self.name,
             "tag": self.tag,
+            "configured": self.configured,
             "kind": self.kind,
             "attention": self.attention,
             "cell": _decoder_config(config).cell,
@@ -57,12 +60,14 @@ class ServedModel:
                 "target": len(self.target),
                 **({"source": len(self.source)} if self.source is not None else {}),
             },
-            # an image encoder's backbone; text encoders and char LMs have none
-            "image_encoder": getattr(getattr(config, "encoder", None), "backbone", None),
             "precision": "bf16-autocast" if self.autocast else "fp32",
-            # captioners: whether confidence is calibrated and out_of_domain can be flagged
+            # captioners: the image encoder's backbone, whether confidence is calibrated and
+            # out_of_domain can be flagged
             **(
-                {"uncertainty_fitted": getattr(self.model, "uncertainty", None) is not None}
+                {
+                    "image_encoder": config.encoder.backbone,
+                    "uncertainty_fitted": getattr(self.model, "uncertainty", None) is not None,
+                }
                 if hasattr(self.model, "assess")
                 else {}
             ),
@@ -76,30 +81,33 @@ class ServedModel:
         }
 
 
-def in_store(name: str) -> bool:
-    """Whether the BentoML store holds a model called `name` (optional models load only then)."""
+def in_store(model: str) -> bool:
+    """Whether the BentoML store holds `model` ("name" or "name:version"; optional models load
+    only then)."""
     import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
 
-    if not name:
+    if not model:
         return False
     try:
-        bentoml.models.get(f"{name}:latest")
+        bentoml.models.get(store_tag(model))
     except bentoml.exceptions.NotFound:
         return False
     return True
 
 
-def load_served_model(name: str, kind: str, with_source: bool, device: torch.device) -> ServedModel:
-    """Load `name:latest` from the store (checksums verified: ChecksumError on a mismatch); a
-    source vocabulary as well `with_source`."""
+def load_served_model(
+    model: str, kind: str, with_source: bool, device: torch.device
+) -> ServedModel:
+    """Load `model` ("name": its latest version, or "name:version") from the store, checksums
+    verified (ChecksumError on a mismatch); a source vocabulary as well `with_source`."""
     import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
 
     try:
-        stored = bentoml.models.get(f"{name}:latest")
+        stored = bentoml.models.get(store_tag(model))
     except bentoml.exceptions.NotFound:
         raise ArtifactError(
-            f"model {name!r} is not in the BentoML store at $BENTOML_HOME; import it first "
-            "(make import-models)"
+            f"model {model!r} is not in the BentoML store at $BENTOML_HOME; import it first "
+            "(make import-models), or name a version that `bentoml models list` shows"
         ) from None
     path = Path(stored.path)
     loaded = load_model(path, device)
@@ -111,8 +119,9 @@ def load_served_model(name: str, kind: str, with_source: bool, device: torch.dev
     metadata = dict(stored.info.metadata or {})
     source_language, language = languages(loaded.metadata.get("settings", {}))
     return ServedModel(
-        name=name,
+        name=stored.tag.name,
         tag=str(stored.tag),
+        configured=model,
         kind=kind,
         model=loaded.model,
         target=_vocabulary(loaded.vocabularies, TARGET_NAMES, str(stored.tag)),

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ logger = logging.getLogger("bentoml.seqserve")
 
 # family, payloads (in queue order) -> one result per payload
 BatchRunner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+# family, rows queued, requests queued: told whenever the queue of a family changes
+QueueObserver = Callable[[Any, int, int], None]
 
 
 class BatchAbandoned(Exception):
@@ -29,6 +31,7 @@ class _Job:
     family: Hashable
     payload: Any
     rows: int
+    request: Hashable  # the request that submitted it (one request may submit several jobs)
     future: Future = field(default_factory=Future)
     given_up: bool = False  # its request stopped waiting (timed out)
 
@@ -40,6 +43,7 @@ class Batcher:
     A batch starts as soon as the worker is free, except that it waits (at most `max_wait_s`)
     for requests that announced themselves with `arriving()` and are still being decoded, so a
     lone request never waits and a burst is not split into a small batch and a big one.
+    `observe`, when given, hears the queued rows and requests of a family whenever they change.
     """
 
     def __init__(
@@ -48,10 +52,14 @@ class Batcher:
         max_rows: Callable[[Hashable], int],
         max_wait_s: float,
         max_queue_rows: int,
+        observe: QueueObserver | None = None,
     ) -> None:
-        self._run, self._max_rows = run, max_rows
+        self._run, self._max_rows, self._observe = run, max_rows, observe
         self._max_wait_s, self._max_queue_rows = max_wait_s, max_queue_rows
         self._pending: deque[_Job] = deque()
+        # what is queued, kept as jobs come and go: rows, and jobs per request, per family
+        self._queued_rows: Counter[Hashable] = Counter()
+        self._queued_jobs: defaultdict[Hashable, Counter[Hashable]] = defaultdict(Counter)
         self._arriving = 0
         self._running: list[_Job] = []
         self._running_waited = 0  # running jobs whose request still waits
@@ -100,21 +108,28 @@ class Batcher:
         wanted = set(futures)
         with self._changed:
             for job in self._pending:
-                if job.future in wanted:
-                    job.future.cancel()
+                if job.future in wanted and job.future.cancel():
+                    self._leave_queue(job)
+                    self._report(job.family)
             for job in self._running:
                 if job.future in wanted and not job.given_up:
                     job.given_up = True
                     self._running_waited -= 1
 
-    def submit(self, family: Hashable, payload: Any, rows: int = 1) -> Future:
-        """Queue one job; its future gets the runner's result for `payload` (or its error)."""
-        job = _Job(family, payload, rows)
+    def submit(
+        self, family: Hashable, payload: Any, rows: int = 1, request: Hashable | None = None
+    ) -> Future:
+        """Queue one job; its future gets the runner's result for `payload` (or its error).
+        `request` identifies the submitting request (default: the calling thread's)."""
+        job = _Job(family, payload, rows, threading.get_ident() if request is None else request)
         with self._changed:
-            queued = sum(j.rows for j in self._pending)
+            queued = sum(self._queued_rows.values())
             if queued + rows > self._max_queue_rows:
                 raise overloaded(f"{queued} inputs are queued; retry later")
             self._pending.append(job)
+            self._queued_rows[family] += rows
+            self._queued_jobs[family][job.request] += 1
+            self._report(family)
             self._changed.notify_all()
         return job.future
 
@@ -146,7 +161,7 @@ class Batcher:
             family = self._pending[0].family
             limit = self._max_rows(family)
             deadline = time.monotonic() + self._max_wait_s
-            while self._arriving and self._rows_of(family) < limit:
+            while self._arriving and self._queued_rows[family] < limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -161,8 +176,20 @@ class Batcher:
                 elif job.future.set_running_or_notify_cancel():
                     jobs.append(job)
                     rows += job.rows
+                    self._leave_queue(job)
             self._pending = kept
+            self._report(family)
             return family, jobs
 
-    def _rows_of(self, family: Hashable) -> int:
-        return sum(job.rows for job in self._pending if job.family == family)
+    def _leave_queue(self, job: _Job) -> None:
+        """Count `job` out of the queue (taken into a batch, or dropped); holding the lock."""
+        self._queued_rows[job.family] -= job.rows
+        jobs = self._queued_jobs[job.family]
+        jobs[job.request] -= 1
+        if jobs[job.request] <= 0:
+            del jobs[job.request]
+
+    def _report(self, family: Hashable) -> None:
+        """Tell `observe` the family's queued rows and requests (holding the lock)."""
+        if self._observe is not None:
+            self._observe(family, self._queued_rows[family], len(self._queued_jobs[family]))

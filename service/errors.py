@@ -1,9 +1,10 @@
 """The one error type and the one JSON shape every refused request gets: {"error": {...}}.
 
-`RequestError` is raised by the API methods' tasks, the guard middleware and the batch queue;
-`error_body` renders it, and `ERROR_SCHEMA` is that rendering as the OpenAPI document states it.
-BentoML's own error bodies (pydantic details, JSON arrays, plain text) are turned into a
-`RequestError` by `rewrite_error`, so they come out of the same renderer.
+`RequestError` is raised by the API methods' tasks, the middleware and the batch queue;
+`error_body` renders it (with the request's ID, and counted on /metrics), and `ERROR_SCHEMA` is
+that rendering as the OpenAPI document states it. BentoML's own error bodies (pydantic details,
+JSON arrays, plain text) are turned into a `RequestError` by `rewrite_error`, so they come out
+of the same renderer.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
+
+from service.metrics import metrics
 
 logger = logging.getLogger("bentoml.seqserve")
 P = ParamSpec("P")
@@ -31,6 +36,18 @@ _CODES = {
     503: "unavailable",
     504: "timeout",
 }
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """The request being answered: set by `service.access.RequestIds` for each HTTP request."""
+
+    request_id: str
+    route: str  # the path of a known route, else "other" (a label of the metrics)
+
+
+# copied into the threads a request runs on (anyio's to_thread copies the context)
+CURRENT_REQUEST: ContextVar[RequestContext | None] = ContextVar("seqserve_request", default=None)
 
 
 class RequestError(Exception):
@@ -57,10 +74,21 @@ class RequestError(Exception):
 
 
 def error_body(error: RequestError) -> dict[str, Any]:
-    """The JSON body of every error answer; `details` only when there is more than one problem."""
-    body: dict[str, Any] = {"code": error.code, "message": error.message, "field": error.field}
+    """The JSON body of every error answer; `details` only when there is more than one problem.
+
+    Every error answer passes here exactly once, so this is also where it is counted.
+    """
+    current = CURRENT_REQUEST.get()
+    body: dict[str, Any] = {
+        "code": error.code,
+        "message": error.message,
+        "field": error.field,
+        "request_id": current.request_id if current else None,
+    }
     if error.details:
         body["details"] = error.details
+    if current is not None:
+        metrics().errors.labels(current.route, str(error.status), error.code).inc()
     return {"error": body}
 
 
@@ -76,11 +104,16 @@ ERROR_SCHEMA = {
     "properties": {
         "error": {
             "type": "object",
-            "required": ["code", "message", "field"],
+            "required": ["code", "message", "field", "request_id"],
             "properties": {
                 "code": {"type": "string", "example": "invalid_argument"},
                 "message": {"type": "string"},
                 "field": {"type": "string", "nullable": True, "example": "options.beam_size"},
+                "request_id": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "the X-Request-ID of the request (the client's, or one made up)",
+                },
                 "details": {"type": "array", "items": _DETAIL},
             },
         }
@@ -180,12 +213,18 @@ def validation_error(details: list[dict[str, Any]], schema: dict[str, Any]) -> R
         loc = [part for part in detail.get("loc", []) if part != "body"]
         field = field_name(loc)
         message = str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
-        allowed = allowed_values(schema, loc)
-        if allowed:
+        if detail.get("type") == "extra_forbidden":  # pydantic: "Extra inputs are not permitted"
+            message = unknown_field(allowed_fields(schema, loc[:-1]))
+        elif allowed := allowed_values(schema, loc):
             message += f" (allowed: {allowed})"
         found.append({"field": field, "message": f"{field}: {message}" if field else message})
     first = found[0]
     return RequestError(first["message"], first["field"], details=found if len(found) > 1 else None)
+
+
+def unknown_field(allowed: list[str]) -> str:
+    """The words for a field the request may not have."""
+    return f"unknown field (allowed: {', '.join(allowed)})" if allowed else "unknown field (none)"
 
 
 def field_name(loc: list[str | int]) -> str | None:
@@ -198,13 +237,7 @@ def field_name(loc: list[str | int]) -> str | None:
 
 def allowed_values(schema: dict[str, Any], loc: list[str | int]) -> str | None:
     """The bounds the input JSON schema gives the field at `loc`, in words."""
-    node: dict[str, Any] | None = schema
-    for part in loc:
-        node = _resolve(schema, node)
-        if node is None:
-            return None
-        node = node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part)
-    node = _resolve(schema, node)
+    node = _node_at(schema, loc)
     if node is None:
         return None
     for low, high, unit in (
@@ -217,12 +250,30 @@ def allowed_values(schema: dict[str, Any], loc: list[str | int]) -> str | None:
     return None
 
 
+def allowed_fields(schema: dict[str, Any], loc: list[str | int]) -> list[str]:
+    """The field names that the object at `loc` of the input JSON schema allows."""
+    node = _node_at(schema, loc)
+    return list(node.get("properties", {})) if node else []
+
+
+def _node_at(schema: dict[str, Any], loc: list[str | int]) -> dict[str, Any] | None:
+    """The (resolved) schema of the value at `loc`, or None where the schema does not say."""
+    node: dict[str, Any] | None = schema
+    for part in loc:
+        node = _resolve(schema, node)
+        if node is None:
+            return None
+        node = node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part)
+    return _resolve(schema, node)
+
+
 def _resolve(schema: dict[str, Any], node: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Follow $ref and pick the non-null branch of Optional fields."""
+    """Follow $ref and pick the non-null branch of Optional fields (an object's own anyOf states
+    rules between its fields, not alternative types)."""
     while isinstance(node, dict):
         if "$ref" in node:
             node = schema.get("$defs", {}).get(node["$ref"].rsplit("/", 1)[-1])
-        elif "anyOf" in node:
+        elif "anyOf" in node and "properties" not in node:
             branches = [b for b in node["anyOf"] if b.get("type") != "null"]
             node = branches[0] if len(branches) == 1 else None
         else:

@@ -1,5 +1,5 @@
-"""ASGI middleware in front of the API routes: media types, body size, in-flight cap, form checks,
-and one JSON error shape for the errors BentoML itself answers."""
+"""ASGI middleware in front of the API routes: media types, body size, in-flight cap, form checks
+(no unknown or repeated fields), and one JSON error shape for the errors BentoML itself answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import IO, Any
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from service.errors import RequestError, rewrite_error
+from service.errors import RequestError, rewrite_error, unknown_field
+from service.metrics import metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,7 +33,8 @@ class RouteRule:
     media_types: frozenset[str]
     max_bytes: int
     file_fields: frozenset[str]  # multipart fields that must be file uploads
-    schema: dict[str, Any]  # the route's input JSON schema, to state allowed ranges in errors
+    schema: dict[str, Any]  # the route's input JSON schema: its fields, and ranges for errors
+    other_methods: frozenset[str] = frozenset()  # besides POST, passed on unchecked (GET /models)
 
 
 class RequestGuard:
@@ -52,9 +54,13 @@ class RequestGuard:
         if rule is None:
             await self.app(scope, receive, send)
             return
+        if scope.get("method") in rule.other_methods:
+            await self.app(scope, receive, send)
+            return
         if scope.get("method") != "POST":
+            allowed = ", ".join(sorted({"POST", *rule.other_methods}))
             refused = RequestError(
-                "use POST", code="method_not_allowed", status=405, headers={"Allow": "POST"}
+                f"use {allowed}", code="method_not_allowed", status=405, headers={"Allow": allowed}
             )
             await refused.response()(scope, receive, send)
             return
@@ -68,6 +74,8 @@ class RequestGuard:
             await refused.response()(scope, receive, send)
             return
         self.in_flight += 1
+        gauge = metrics().in_flight.labels(scope["path"])
+        gauge.inc()
         try:
             try:
                 body = await self._checked_body(scope, receive, rule)
@@ -80,6 +88,7 @@ class RequestGuard:
                 await self.app(scope, _replay(body, receive), _error_rewriter(send, rule.schema))
         finally:
             self.in_flight -= 1
+            gauge.dec()
 
     async def _checked_body(
         self, scope: Scope, receive: Receive, rule: RouteRule
@@ -146,8 +155,13 @@ async def _check_form(headers: Headers, body: IO[bytes], rule: RouteRule) -> Non
     except Exception as error:
         message = getattr(error, "message", "") or "malformed multipart body"
         raise RequestError(f"malformed multipart/form-data: {message}") from None
+    fields = rule.schema.get("properties", {})
     try:
         for name, value in form.multi_items():
+            if name not in fields:
+                raise RequestError(f"{name}: {unknown_field(list(fields))}", name or None)
+            if fields[name].get("type") != "array" and len(form.getlist(name)) > 1:
+                raise RequestError(f"{name}: given more than once; send it once", name)
             if name in rule.file_fields and not isinstance(value, UploadFile):
                 raise RequestError(
                     f"{name} must be uploaded as a file (multipart file part); URLs and text "

@@ -19,6 +19,7 @@ _SIGNATURES: tuple[tuple[bytes, int, str, tuple[str, ...]], ...] = (
     (b"BM", 0, "BMP", ("BMP",)),
 )
 ALLOWED_FORMATS = "JPEG, PNG, WebP, GIF (first frame) or BMP"
+MEDIA_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"  # as the API documents them
 
 
 @dataclass(frozen=True)

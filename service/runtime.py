@@ -13,22 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from prometheus_client import Histogram
 
 from models.inference import precision
 from service.artifacts import ServedModel, load_served_model
 from service.batching import BatchAbandoned, Batcher
 from service.errors import RequestError, is_out_of_memory, not_ready, overloaded
+from service.metrics import metrics
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.seqserve")
-# shown on /metrics; imported only in the serving worker, after BentoML set up multiprocess mode
-BATCH_ROWS = Histogram(
-    "seqserve_batch_rows",
-    "Inputs (images or sentences) run together in one batch",
-    ["task", "model"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)
 
 
 def choose_device(setting: str) -> torch.device:
@@ -60,7 +53,7 @@ class BatchFamily:
     them to `run` (the task's own function), as an executor runs what it is given."""
 
     task: str  # "caption", "translate", "generate", "inspect": the metrics' label
-    model: str  # store name
+    model: str  # the model as configured (its key in Runtime.models)
     max_rows: int
     run: Callable[[ServedModel, Sequence[Any]], list[Any]]
 
@@ -81,6 +74,7 @@ class Runtime:
             lambda family: family.max_rows,
             settings.batch_wait_ms / 1000,
             settings.max_queue_rows,
+            observe=_queue_metrics,
         )
 
     @property
@@ -132,18 +126,22 @@ class Runtime:
             return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
         except FutureTimeout:
             self.batcher.give_up(futures)
-            raise RequestError(
-                f"no answer within {self.settings.request_timeout_s:g} s; retry later",
-                code="timeout",
-                status=504,
-            ) from None
+            raise self.timed_out() from None
+
+    def timed_out(self) -> RequestError:
+        """504: the request time limit passed."""
+        return RequestError(
+            f"no answer within {self.settings.request_timeout_s:g} s; retry later",
+            code="timeout",
+            status=504,
+        )
 
     def info(self) -> dict[str, Any]:
         """What GET /models reports."""
         return {
             "ready": self.ready,
             "state": self.state,
-            "problem": self.problem or None,
+            "problem": self.problem,
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "models": [served.info() for served in self.models.values()],
@@ -156,14 +154,18 @@ class Runtime:
         """In the batch worker: the family's run under inference mode and the model's precision;
         a batch nobody waits for or one out of memory fails every request in it."""
         served = self.models[family.model]
-        BATCH_ROWS.labels(family.task, family.model).observe(sum(job.rows for job in jobs))
+        found = metrics()
+        found.batch_rows.labels(family.task, family.model).observe(sum(job.rows for job in jobs))
         autocast = "bf16" if served.autocast else "none"
+        started = time.perf_counter()
         try:
             with torch.inference_mode(), precision(self.device, autocast):
                 return family.run(served, jobs)
         except BatchAbandoned:
             logger.warning(
-                "stopped a batch of %d %s requests: all of them timed out", len(jobs), family.task
+                "stopped a batch of %d %s requests: all of them timed out or went away",
+                len(jobs),
+                family.task,
             )
             failure = RequestError("the request timed out", code="timeout", status=504)
         except Exception as error:
@@ -171,8 +173,19 @@ class Runtime:
                 raise
             logger.warning("out of memory on a batch of %d %s requests", len(jobs), family.task)
             failure = overloaded("out of memory; retry with fewer inputs")
+        finally:
+            found.batch_seconds.labels(family.task, family.model).observe(
+                time.perf_counter() - started
+            )
         # Outside the except blocks: the caught error's traceback, which holds the failed
         # forward's frames and their tensors, is gone, so empty_cache can release that memory.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         raise failure
+
+
+def _queue_metrics(family: BatchFamily, rows: int, requests: int) -> None:
+    """What the batcher reports whenever its queue changes, as gauges per task and model."""
+    found = metrics()
+    found.queue_rows.labels(family.task, family.model).set(rows)
+    found.queue_requests.labels(family.task, family.model).set(requests)

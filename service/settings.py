@@ -7,13 +7,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 MiB = 1024 * 1024
+MIN_API_KEY = 16  # characters; a short key is guessable
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every knob the service has; each field can be overridden by SEQSERVE_<FIELD_NAME>."""
 
-    captioner: str = "captioner"  # store model names
+    # store models, each "name" (its latest version) or "name:version" (pinned)
+    captioner: str = "captioner"
     captioner_de: str = "captioner_de"  # optional: answers language "de" when in the store
     translators: str = "translator"  # comma-separated; the first is the default
     language_model: str = "charlm"  # optional: served when in the store; "" turns it off
@@ -35,6 +37,11 @@ class Settings:
     caption_body_bytes: int = 10 * MiB
     caption_batch_body_bytes: int = 40 * MiB
     translate_body_bytes: int = 1 * MiB
+    cors_origins: str = ""  # comma-separated origins that browsers may call from; "" = no CORS
+    api_keys: str = ""  # comma-separated; with API_KEYS_FILE empty too, no key is needed
+    api_keys_file: str = ""  # a file of keys, one a line ('#' starts a comment)
+    open_health: bool = True  # with keys: /livez, /readyz, /healthz answer without one
+    open_metrics: bool = False  # with keys: /metrics answers without one
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -66,7 +73,35 @@ class Settings:
 
     @property
     def translator_names(self) -> list[str]:
-        return [name.strip() for name in self.translators.split(",") if name.strip()]
+        return _items(self.translators)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
+
+    def api_key_list(self) -> list[str]:
+        """API_KEYS and the keys in API_KEYS_FILE; [] means no key is needed. ValueError for a
+        missing file or a key shorter than MIN_API_KEY characters."""
+        keys = _items(self.api_keys)
+        if self.api_keys_file:
+            path = Path(self.api_keys_file)
+            if not path.is_file():
+                raise ValueError(f"SEQSERVE_API_KEYS_FILE={self.api_keys_file!r}: no such file")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        short = [key for key in keys if len(key) < MIN_API_KEY]
+        if short:
+            raise ValueError(f"API keys must have at least {MIN_API_KEY} characters")
+        return keys
+
+
+def store_tag(model: str) -> str:
+    """A model setting as a store tag: "name" -> "name:latest"; "name:version" stays."""
+    return model if ":" in model else f"{model}:latest"
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _parse_bool(raw: str) -> bool:

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import RequestError
-from service.overlay import DIM, TINT, TINT_STRENGTH, heat_map, overlay_form, render_overlay
+from service.overlay import DIM, TINT, TINT_STRENGTH, heat_map, render_overlay
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "service" / "demo" / "examples"
 
@@ -55,20 +54,6 @@ def test_the_overlay_covers_the_centre_square_the_encoder_sees():
     picture = np.asarray(render_overlay(wide, [[1.0]], 50))
     assert picture.shape == (50, 50, 3)
     assert picture[..., 2].max() < 60  # no blue from the sides
-
-
-def test_overlay_form_reads_text_fields_with_the_usual_error_words():
-    form = overlay_form({"options": json.dumps({"decoding": "beam"}), "token": "3", "size": "64"})
-    assert (form.options.decoding, form.token, form.alternative, form.size) == ("beam", 3, 0, 64)
-    for fields, field, words in (
-        ({"options": "{"}, "options", "not valid JSON"),
-        ({"size": "5"}, "size", "(allowed: 32 to 1024)"),
-        ({"options": '{"beam_size": 40}'}, "options.beam_size", "(allowed: 1 to 10)"),
-        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
-    ):
-        with pytest.raises(RequestError) as refused:
-            overlay_form(fields)
-        assert refused.value.field == field and words in refused.value.message
 
 
 # ---------------------------------------------------------------- over HTTP

@@ -293,6 +293,21 @@ def test_length_options_and_ngram_block(client) -> None:
     assert penalised["alternatives"][0]["score"] == pytest.approx(
         penalised["alternatives"][0]["log_prob"]
     )
+    # no rule ties two options: min_length above max_length runs the caption to max_length
+    forced = caption(client, data, {"min_length": 9, "max_length": 4}).json()["alternatives"][0]
+    assert forced["truncated"] and len(forced["tokens"]) == 4
+
+
+def test_n_best_is_capped_at_what_the_method_gives(client) -> None:
+    data = (IMAGES / "emoji_pizza.png").read_bytes()
+    for options, alternatives in (
+        ({"n_best": 3}, 1),  # greedy
+        ({"decoding": "beam", "beam_size": 2, "n_best": 3}, 2),
+        ({"decoding": "sample", "n_best": 3, "seed": 1}, 3),
+    ):
+        response = caption(client, data, {**options, "max_length": 5})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["alternatives"]) == alternatives
 
 
 def test_caption_attention_is_a_7x7_grid_per_word(client) -> None:
@@ -542,9 +557,6 @@ def test_bad_sentences_name_their_field(client, sentences, field: str) -> None:
         ({"top_k": -1}, "options.top_k"),
         ({"seed": -5}, "options.seed"),
         ({"beam_width": 3}, "options.beam_width"),
-        ({"decoding": "beam", "beam_size": 2, "n_best": 3}, "options.n_best"),
-        ({"n_best": 2}, "options.n_best"),
-        ({"min_length": 9, "max_length": 4}, "options.min_length"),
     ],
 )
 def test_out_of_range_options_name_field_and_range(client, options: dict, field: str) -> None:
@@ -597,10 +609,14 @@ def test_unknown_model_and_malformed_requests(client) -> None:
     )
     files = {"image": ("a.png", (IMAGES / EMOJI[0]).read_bytes()), "options": ("o.json", b"{}")}
     assert_error(client.post("/caption", files=files), 400, "invalid_argument", "options")
-    no_attention = translate(client, ["hi"], {"return_attention": True})
-    assert (
-        no_attention.status_code == 200
-    )  # the tiny translator attends; a model without would say 400
+    # a model without attention (the tiny German captioner) answers empty attention lists
+    german = client.post(
+        "/caption",
+        files={"image": ("a.png", (IMAGES / EMOJI[0]).read_bytes())},
+        data={"options": json.dumps({"return_attention": True}), "language": "de"},
+    )
+    assert german.status_code == 200, german.text
+    assert all(not t["attention"] for t in german.json()["alternatives"][0]["tokens"])
 
 
 def test_unusual_text_is_translated(client) -> None:

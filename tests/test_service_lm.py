@@ -108,7 +108,7 @@ def test_generate_bounds_answer_400_naming_field_and_range(
         ({"text": "ab", "property": "in_word", "top": 0}, "top", "1 to 32"),
         ({"text": "ab", "units": ["h0.0"], "property": "in_word"}, "units", "not both"),
         ({"text": "ab"}, "units", "neither"),
-        ({"text": "abc", "property": "in_word"}, "text", "never changes in_word"),
+        ({"text": "ab", "units": ["h0.0"], "property": None}, "property", "leave the field out"),
     ],
 )
 def test_inspect_bounds_answer_400_naming_field_and_range(
@@ -117,6 +117,11 @@ def test_inspect_bounds_answer_400_naming_field_and_range(
     error = error_of(client.post("/inspect", json=body))
     assert error["code"] == "invalid_argument" and error["field"] == field, error
     assert allowed in error["message"], error
+
+
+def test_a_property_that_never_changes_is_tracked_by_no_unit(client) -> None:
+    body = client.post("/inspect", json={"text": "abc", "property": "in_word"}).json()
+    assert body["characters"] == ["a", "b", "c"] and body["units"] == []
 
 
 def test_inspect_named_units_give_one_activation_per_character(client, language_model) -> None:

@@ -129,18 +129,14 @@ def test_greedy_requests_share_options_whatever_their_unused_fields() -> None:
     assert search_options(DecodingOptions(decoding="beam", beam_size=3)).beam_size == 3
 
 
-@pytest.mark.parametrize(
-    ("options", "field"),
-    [
-        ({"decoding": "greedy", "n_best": 2}, "options.n_best"),
-        ({"decoding": "beam", "beam_size": 2, "n_best": 3}, "options.n_best"),
-        ({"min_length": 10, "max_length": 5}, "options.min_length"),
-    ],
-)
-def test_inconsistent_options_name_their_field(options: dict, field: str) -> None:
-    with pytest.raises(RequestError) as caught:
-        DecodingOptions(**options).check_consistent()
-    assert caught.value.field == field and caught.value.status == 400
+def test_every_combination_of_valid_options_has_a_meaning() -> None:
+    """No rule ties two fields (so the API document states every rule): n_best is capped at
+    what the method gives, and min_length above max_length is kept (outputs run to max_length)."""
+    assert search_options(DecodingOptions(decoding="greedy", n_best=3)).n_best == 1
+    assert search_options(DecodingOptions(decoding="beam", beam_size=2, n_best=3)).n_best == 2
+    assert search_options(DecodingOptions(decoding="sample", n_best=3)).n_best == 3
+    options = search_options(DecodingOptions(min_length=10, max_length=5))
+    assert (options.min_length, options.max_length) == (10, 5)
 
 
 def test_out_of_range_options_fail_validation() -> None:
@@ -171,6 +167,7 @@ def test_pydantic_errors_become_one_shape_with_allowed_range() -> None:
         "code": "invalid_argument",
         "message": "options.beam_size: too big (allowed: 1 to 10)",
         "field": "options.beam_size",
+        "request_id": None,  # outside a request; the middleware sets it for each one
     }
     assert allowed_values(schema, ["sentences", 2]) == "1 to 9 characters"
     assert field_name(["sentences", 3]) == "sentences[3]"
@@ -451,3 +448,54 @@ def test_guard_answers_429_over_the_in_flight_cap() -> None:
         return [await first, second]
 
     assert asyncio.run(scenario()) == [200, 429]
+
+
+# -- issue 17: settings, the queue's report, request IDs in log lines ------------------------
+
+
+def test_api_keys_come_from_the_environment_and_a_file(tmp_path) -> None:
+    from service.settings import store_tag
+
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nfile-key-0123456789abcdef\n\n")
+    settings = Settings(api_keys="env-key-0123456789abcdef, ", api_keys_file=str(keys))
+    assert settings.api_key_list() == ["env-key-0123456789abcdef", "file-key-0123456789abcdef"]
+    assert Settings().api_key_list() == []
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings(api_keys="short").api_key_list()
+    with pytest.raises(ValueError, match="SEQSERVE_API_KEYS_FILE"):
+        Settings(api_keys_file=str(tmp_path / "missing")).api_key_list()
+    assert store_tag("translator") == "translator:latest"
+    assert store_tag("translator:abc123") == "translator:abc123"
+
+
+def test_the_batcher_reports_queued_rows_and_requests_per_family() -> None:
+    reports: list[tuple[str, int, int]] = []
+    batcher = Batcher(
+        lambda f, p: p, lambda f: 8, 0.0, 100, observe=lambda *seen: reports.append(seen)
+    )  # never started: everything stays queued
+    first = batcher.submit("a", 1, rows=3, request="r1")
+    batcher.submit("a", 2, rows=1, request="r1")
+    batcher.submit("a", 3, rows=2, request="r2")
+    batcher.submit("b", 4)
+    assert reports[-2:] == [("a", 6, 2), ("b", 1, 1)]
+    batcher.give_up([first])  # r1's first job is dropped
+    assert ("a", 3, 2) in reports[-2:]
+
+
+def test_log_lines_written_for_a_request_end_with_its_id() -> None:
+    from service.access import RequestIdLog
+    from service.errors import CURRENT_REQUEST, RequestContext
+
+    def line(message: str, *args: object) -> str:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, message, args, None)
+        RequestIdLog().filter(record)
+        return record.getMessage()
+
+    assert line("done %s", "ok") == "done ok"  # outside a request: unchanged
+    token = CURRENT_REQUEST.set(RequestContext("abc-1", "/translate"))
+    try:
+        assert line("done %s", "ok") == "done ok request_id=abc-1"
+        assert line("100% sure") == "100% sure request_id=abc-1"
+    finally:
+        CURRENT_REQUEST.reset(token)

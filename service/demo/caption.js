@@ -179,6 +179,7 @@ async function openOverlayPng(event) {
   form.append("options", JSON.stringify({ ...state.options, return_attention: false }));
   form.append("token", event.currentTarget.dataset.token);
   form.append("alternative", String(state.alternative));
+  form.append("language", state.language);
   await withBusy("caption", async () => {
     const response = await callApi("../caption_overlay", { method: "POST", body: form });
     const url = URL.createObjectURL(await response.blob());

@@ -76,6 +76,10 @@ async function runInspect() {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const found = result.units[0];
+    if (!found) {  // the property never changes in this text: no unit can track it
+      $("#inspect-unit").textContent = `${result.property} never changes in this text; try a longer one`;
+      return;
+    }
     $("#inspect-unit").textContent = result.property
       ? `Unit ${found.unit}: r = ${fixed(found.correlation, 2)} with ${result.property}`
       : `Unit ${found.unit}`;

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from service.artifacts import ArtifactError, ServedModel
+from service.metrics import metrics
 from service.runtime import Runtime
 
 logger = logging.getLogger("bentoml.seqserve")
@@ -44,18 +45,22 @@ def start_tasks(runtime: Runtime, tasks: Sequence[Task]) -> None:
 def load_models(runtime: Runtime, tasks: Sequence[Task]) -> None:
     """Load every task's models in order and check each one's golden output; the runtime turns
     ready when all pass, and stays failed (not ready) at the first one that does not."""
-    for task in tasks:
-        for name in task.model_names():
-            try:
-                served = runtime.load(name, task.kind, task.with_source)
-                _check_golden(served, task)
-            except Exception as error:  # ChecksumError, ArtifactError, a broken file...
-                # the public reason names no file paths; the log line has the details
-                problem = f"model {name!r} failed to load ({type(error).__name__})"
-                logger.error("%s, the service stays NOT READY: %s", problem, error)
-                runtime.mark_failed(problem)
-                return
-            logger.info("%s loaded on %s and passed its golden check", served.tag, runtime.device)
+    checked = metrics().golden_check
+    wanted = [(task, name) for task in tasks for name in task.model_names()]
+    for _, name in wanted:
+        checked.labels(name).set(0)
+    for task, name in wanted:
+        try:
+            served = runtime.load(name, task.kind, task.with_source)
+            _check_golden(served, task)
+        except Exception as error:  # ChecksumError, ArtifactError, a broken file...
+            # the public reason names no file paths; the log line has the details
+            problem = f"model {name!r} failed to load ({type(error).__name__})"
+            logger.error("%s, the service stays NOT READY: %s", problem, error)
+            runtime.mark_failed(problem)
+            return
+        checked.labels(name).set(1)
+        logger.info("%s loaded on %s and passed its golden check", served.tag, runtime.device)
     runtime.mark_ready()
 
 

@@ -23,19 +23,18 @@ from models.vocabulary import Vocabulary
 from service.artifacts import ServedModel, in_store
 from service.errors import RequestError
 from service.images import ImageLimits, decode_image
-from service.runtime import BatchFamily, Runtime
-from service.schemas import (
+from service.responses import (
     Caption,
     CaptionAlternative,
     CaptionBatchResponse,
     CaptionResponse,
     CaptionToken,
-    DecodingOptions,
 )
+from service.runtime import BatchFamily, Runtime
+from service.schemas import DecodingOptions
 from service.tasks.decoding import (
     attention_weights,
     by_options,
-    check_attention,
     ms_since,
     scored_tokens,
     search_options,
@@ -94,7 +93,7 @@ class CaptionTask:
         golden = served.golden
         image = self.image_tensor(served, (served.path / golden["input"]).read_bytes(), "golden")
         job = CaptionJob(image, SearchOptions(**golden.get("options", {})))
-        family = self.families[served.name]
+        family = self.families[served.configured]
         (found,) = self.runtime.results([self.runtime.batcher.submit(family, job)])
         return served.target.decode(found.hypotheses[0].tokens)
 
@@ -145,8 +144,7 @@ class CaptionTask:
         and the captioner's tag."""
         search = search_options(options)
         served = self.model(language)
-        family = self.families[served.name]
-        check_attention(served, options)
+        family = self.families[served.configured]
         batcher = self.runtime.batcher
         with batcher.arriving():  # a batch forming now may wait for these images
             tensors = [
@@ -215,7 +213,8 @@ def caption_of(result: CaptionResult, vocabulary: Vocabulary, attention: bool) -
     """One image's result -> its caption; attention as an H x W grid per token."""
     found = []
     for h, confidence in zip(result.hypotheses, result.confidences, strict=True):
-        grids = grid_rows(attention_weights(h, None)) if attention else None
+        weights = attention_weights(h, None) if attention else None
+        grids = grid_rows(weights) if weights is not None else None
         tokens = [
             CaptionToken(token=name, log_prob=lp, attention=grids[t] if grids else [])
             for t, (name, lp) in enumerate(scored_tokens(h, vocabulary))

@@ -13,8 +13,6 @@ from torch import Tensor
 
 from models.search import Hypothesis, SearchOptions
 from models.vocabulary import SPECIALS, Vocabulary
-from service.artifacts import ServedModel
-from service.errors import RequestError
 from service.schemas import DecodingOptions
 
 END_TOKEN = SPECIALS[2]
@@ -23,8 +21,7 @@ ATTENTION_DECIMALS = 5
 
 def search_options(options: DecodingOptions) -> SearchOptions:
     """API options -> SearchOptions. Fields the method does not use keep their defaults, so
-    requests that differ only there share a batch."""
-    options.check_consistent()
+    requests that differ only there share a batch; n_best is capped at what the method gives."""
     base = SearchOptions(
         method=options.decoding,
         max_length=options.max_length,
@@ -33,7 +30,8 @@ def search_options(options: DecodingOptions) -> SearchOptions:
         no_repeat_ngram_size=options.no_repeat_ngram_size,
     )
     if options.decoding == "beam":
-        return replace(base, beam_size=options.beam_size, n_best=options.n_best)
+        n_best = min(options.n_best, options.beam_size)
+        return replace(base, beam_size=options.beam_size, n_best=n_best)
     if options.decoding == "sample":
         return replace(
             base,
@@ -43,15 +41,6 @@ def search_options(options: DecodingOptions) -> SearchOptions:
             seed=options.seed,
         )
     return base
-
-
-def check_attention(served: ServedModel, options: DecodingOptions) -> None:
-    """Refuse return_attention for a model without attention."""
-    if options.return_attention and served.attention == "none":
-        raise RequestError(
-            f"{served.tag} has no attention to return; leave return_attention false",
-            "options.return_attention",
-        )
 
 
 def by_options(jobs: Sequence[Any]) -> Iterator[tuple[SearchOptions, list[int]]]:
@@ -80,10 +69,11 @@ def scored_tokens(hypothesis: Hypothesis, vocabulary: Vocabulary) -> list[tuple[
     return list(zip(names, hypothesis.token_log_probs, strict=True))
 
 
-def attention_weights(hypothesis: Hypothesis, positions: int | None) -> Tensor:
-    """(T, S) weights over the first `positions` memory positions (the rest is batch padding)."""
+def attention_weights(hypothesis: Hypothesis, positions: int | None) -> Tensor | None:
+    """(T, S) weights over the first `positions` memory positions (the rest is batch padding);
+    None from a model without attention, whose tokens then answer empty attention lists."""
     if hypothesis.attention is None:
-        raise ValueError("attention was asked for but the model returned none")
+        return None
     return hypothesis.attention[:, :positions].double().round(decimals=ATTENTION_DECIMALS)
 
 

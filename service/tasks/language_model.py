@@ -1,33 +1,35 @@
-"""The optional character language model: POST /generate (continue a text) and POST /inspect (its
-hidden units over a text), each text run alone through the batch worker."""
+"""The optional character language model: POST /generate (continue a text), /generate_stream
+(the same, character by character) and POST /inspect (its hidden units over a text), each text
+run alone through the batch worker."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from models.language_model import CharLanguageModel, generate_hypotheses
+from models.language_model import CharLanguageModel
 from models.search import Hypothesis, SearchOptions
 from models.units import Inspection, inspect, property_values, unit_names
 from service.artifacts import ServedModel, in_store
 from service.errors import RequestError
+from service.openapi import request_schema
+from service.responses import GenerateResponse, InspectResponse, UnitTrace
 from service.runtime import BatchFamily, Job, Runtime
-from service.schemas import GenerateResponse, InspectResponse, UnitTrace
 from service.tasks.decoding import ms_since
+from service.tasks.generation import (
+    STREAM_EVENT_SCHEMA,
+    GenerateJob,
+    generate_batch,
+    generation_options,
+    stream_events,
+)
 
 logger = logging.getLogger("bentoml.seqserve")
 KIND = "char_lm"
 ACTIVATION_DECIMALS = 5  # enough to colour text or rank units; keeps 4000 x 32 values small
-
-
-@dataclass(frozen=True)
-class GenerateJob:
-    seed_text: str
-    options: SearchOptions
-    rows: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,12 @@ class LanguageModelTask:
             )
         if units is not None:
             _check_units(served.model, units)
+        characters = served.target.tokenizer.tokenize(text)
+        if property is not None and not _varies(property, characters):
+            found = Inspection(characters, [])  # no unit can track what never changes
         else:
-            try:  # a text where the property never changes has no unit tracking it
-                property_values(property, served.target.tokenizer.tokenize(text))
-            except ValueError as error:
-                raise RequestError(str(error), "text") from None
-        job = InspectJob(text, None if units is None else tuple(units), property, top)
-        found: Inspection = self._run(served, "inspect", _inspect_batch, job)
+            job = InspectJob(text, None if units is None else tuple(units), property, top)
+            found = self._run(served, "inspect", _inspect_batch, job)
         return InspectResponse(
             characters=found.characters,
             property=property or "",
@@ -123,6 +124,41 @@ class LanguageModelTask:
             time_ms=ms_since(started),
         )
 
+    def stream(
+        self,
+        text: str,
+        length: int,
+        decoding: str,
+        temperature: float,
+        top_k: int,
+        seed: int | None,
+        beam_size: int,
+    ) -> AsyncIterator[str]:
+        """POST /generate_stream: /generate's continuation as server-sent events
+        (`service.tasks.generation.stream_events`)."""
+        served = self.model()
+        options = generation_options(decoding, length, temperature, top_k, seed, beam_size)
+        return stream_events(self.runtime, served, text, options)
+
+    def amend_document(self, document: dict[str, Any]) -> None:
+        """State in the OpenAPI document /generate_stream's events, and /inspect's rules: units
+        or property, not both (and neither null); the units of the loaded model."""
+        stream = document.get("paths", {}).get("/generate_stream", {}).get("post", {})
+        for media in stream.get("responses", {}).get("200", {}).get("content", {}).values():
+            media["schema"] = STREAM_EVENT_SCHEMA
+        schema = request_schema(document, "/inspect")
+        if schema is None:
+            return
+        schema["oneOf"] = [
+            {"required": ["units"], "not": {"required": ["property"]}},
+            {"required": ["property"], "not": {"required": ["units"]}},
+        ]
+        for field in ("units", "property"):
+            schema["properties"][field].pop("nullable", None)
+        served = self.runtime.models.get(self.name)
+        if served is not None:
+            schema["properties"]["units"]["items"]["enum"] = unit_names(served.model)
+
     def model(self) -> ServedModel:
         """The loaded language model, 503 while loading, or 404 model_not_installed."""
         return served_language_model(self.runtime.ready_models(), self.name)
@@ -130,7 +166,7 @@ class LanguageModelTask:
     def _hypotheses(
         self, served: ServedModel, seed_text: str, options: SearchOptions
     ) -> list[Hypothesis]:
-        return self._run(served, "generate", _generate_batch, GenerateJob(seed_text, options))
+        return self._run(served, "generate", generate_batch, GenerateJob(seed_text, options))
 
     def _run(
         self,
@@ -141,7 +177,7 @@ class LanguageModelTask:
     ) -> Any:
         """One job alone through the batch worker (`generate_hypotheses` and `inspect` read one
         text each); a bound the models refuse (ValueError) answers 400."""
-        family = BatchFamily(task, served.name, 1, run)
+        family = BatchFamily(task, served.configured, 1, run)
         try:
             return self.runtime.results([self.runtime.batcher.submit(family, job)])[0]
         except ValueError as error:
@@ -161,23 +197,6 @@ def served_language_model(models: Mapping[str, ServedModel], name: str) -> Serve
     return served
 
 
-def generation_options(
-    decoding: str, length: int, temperature: float, top_k: int, seed: int | None, beam_size: int
-) -> SearchOptions:
-    """/generate's fields -> SearchOptions; fields the method does not use keep their defaults."""
-    if decoding == "sample":
-        return SearchOptions(
-            "sample", max_length=length, temperature=temperature, top_k=top_k, seed=seed
-        )
-    if decoding == "beam":
-        return SearchOptions("beam", beam_size=beam_size, max_length=length)
-    return SearchOptions("greedy", max_length=length)
-
-
-def _generate_batch(served: ServedModel, jobs: Sequence[GenerateJob]) -> list[Any]:
-    return [generate_hypotheses(served.model, served.target, j.seed_text, j.options) for j in jobs]
-
-
 def _inspect_batch(served: ServedModel, jobs: Sequence[InspectJob]) -> list[Any]:
     model, vocabulary = served.model, served.target
     return [inspect(model, vocabulary, j.text, j.units, j.property, j.top) for j in jobs]
@@ -193,6 +212,15 @@ def unit_traces(inspection: Inspection) -> list[UnitTrace]:
         )
         for u in inspection.units
     ]
+
+
+def _varies(property: str, characters: list[str]) -> bool:
+    """Whether `property` changes over the characters (models.units refuses one that does not)."""
+    try:
+        property_values(property, characters)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_units(model: CharLanguageModel, units: Sequence[str]) -> None:

@@ -12,19 +12,19 @@ from models.search import Hypothesis, SearchOptions
 from models.vocabulary import Vocabulary
 from service.artifacts import ServedModel
 from service.errors import RequestError
-from service.runtime import BatchFamily, Runtime
-from service.schemas import (
-    DecodingOptions,
+from service.openapi import request_schema
+from service.responses import (
     TranslateResponse,
     Translation,
     TranslationAlternative,
     TranslationToken,
 )
+from service.runtime import BatchFamily, Runtime
+from service.schemas import DecodingOptions
 from service.tasks.decoding import (
     END_TOKEN,
     attention_weights,
     by_options,
-    check_attention,
     ms_since,
     scored_tokens,
     search_options,
@@ -73,7 +73,6 @@ class TranslateTask:
         started = time.perf_counter()
         search = search_options(options)
         served = self.model(model)
-        check_attention(served, options)
         found = self.hypotheses(served, sentences, search)
         translations = [
             translation_of(
@@ -90,25 +89,37 @@ class TranslateTask:
         )
 
     def model(self, name: str | None) -> ServedModel:
-        """The translator called `name` (a store name or full tag), or the default one."""
+        """The translator called `name` (as configured, or its full tag), or the default one."""
         models = self.runtime.ready_models()
         wanted = name or self.names[0]
         for candidate in self.names:
             served = models[candidate]
-            if wanted in (served.name, served.tag):
+            if wanted in (served.configured, served.tag):
                 return served
         raise RequestError(
-            f"unknown model {wanted!r}; available: {', '.join(self.names)}",
+            f"unknown model {wanted!r}; available: {', '.join(self.model_choices())}",
             "model",
             code="unknown_model",
         )
+
+    def model_choices(self) -> list[str]:
+        """What `model` may be: each translator as configured, and its tag once loaded."""
+        loaded = self.runtime.models
+        tags = [loaded[name].tag for name in self.names if name in loaded]
+        return list(dict.fromkeys([*self.names, *tags]))
+
+    def amend_document(self, document: dict[str, Any]) -> None:
+        """State in the OpenAPI document which translators `model` may name."""
+        schema = request_schema(document, "/translate")
+        if schema is not None:  # null: the default translator
+            schema["properties"]["model"]["enum"] = [*self.model_choices(), None]
 
     def hypotheses(
         self, served: ServedModel, sentences: Sequence[str], options: SearchOptions
     ) -> list[list[Hypothesis]]:
         """Sentences -> hypotheses per sentence, batched with concurrent requests."""
         job = TranslateJob(self.source_tokens(served, sentences), options)
-        family = BatchFamily("translate", served.name, self.max_rows, run_batch)
+        family = BatchFamily("translate", served.configured, self.max_rows, run_batch)
         return self.runtime.results([self.runtime.batcher.submit(family, job, job.rows)])[0]
 
     def source_tokens(self, served: ServedModel, sentences: Sequence[str]) -> list[list[int]]:
@@ -151,7 +162,8 @@ def translation_of(
     """One sentence's hypotheses (best first) -> its translation; attention over source_tokens."""
     found = []
     for h in hypotheses:
-        weights = attention_weights(h, len(source_tokens)).tolist() if attention else None
+        found_weights = attention_weights(h, len(source_tokens)) if attention else None
+        weights = found_weights.tolist() if found_weights is not None else None
         tokens = [
             TranslationToken(token=name, log_prob=lp, attention=weights[t] if weights else [])
             for t, (name, lp) in enumerate(scored_tokens(h, vocabulary))
