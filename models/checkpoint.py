@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import typing
 from dataclasses import asdict, dataclass, field
@@ -11,9 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from models.atomic import (
+    DamagedFileError,
+    missing_directory_hint,
+    replacing_directory,
+    sha256_file,
+    write_bytes,
+    write_text,
+)
 from models.captioner import Captioner, CaptionerConfig
 from models.language_model import CharLanguageModel, CharLMConfig
 from models.translator import Translator, TranslatorConfig
@@ -30,7 +38,7 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(DamagedFileError):
     """A model file does not match the checksum recorded when it was saved."""
 
 
@@ -60,20 +68,18 @@ def save_model(
     half: bool = False,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write `model` into `directory`; a frozen pretrained image backbone is not stored (its pip
-    package ships it). `half` stores float weights as fp16 (loaded back as fp32). `extra_files`
-    (e.g. a golden warm-up input) are written beside the model and covered by the checksums."""
+    """Write `model` as `directory`, replacing what was there as a whole (built beside it, then
+    renamed: a kill leaves the old directory or the new one); a frozen pretrained image backbone
+    is not stored (its pip package ships it). `half` stores float weights as fp16 (loaded back as
+    fp32). `extra_files` (e.g. a golden warm-up input) are written beside the model and covered by
+    the checksums."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     skip = _package_weight_prefixes(model)
     tensors = {
         name: (t.half() if half and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.state_dict().items()
         if not name.startswith(skip)
     }
-    save_file(tensors, str(directory / WEIGHTS))
-    for name, vocabulary in vocabularies.items():
-        vocabulary.save(directory / f"vocab.{name}.json")
     config = {
         "format_version": FORMAT_VERSION,
         "kind": kind_of(model),
@@ -81,10 +87,14 @@ def save_model(
         "weights_from_package": list(skip),
         "metadata": metadata or {},
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    for name, content in (extra_files or {}).items():
-        (directory / name).write_bytes(content)
-    write_checksums(directory)
+    with replacing_directory(directory) as staged:
+        write_bytes(staged / WEIGHTS, safetensors_bytes(tensors))
+        for name, vocabulary in vocabularies.items():
+            vocabulary.save(staged / f"vocab.{name}.json")
+        write_text(staged / "config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        for name, content in (extra_files or {}).items():
+            write_bytes(staged / name, content)
+        write_checksums(staged)
     return directory
 
 
@@ -142,11 +152,11 @@ def _package_weight_prefixes(model: nn.Module) -> tuple[str, ...]:
 def write_checksums(directory: Path) -> None:
     """Record the sha256 of every file in `directory` in checksums.json."""
     sums = {
-        p.name: _sha256(p)
+        p.name: sha256_file(p)
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != CHECKSUMS
     }
-    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+    write_text(directory / CHECKSUMS, json.dumps(sums, indent=2))
 
 
 def verify_checksums(directory: str | Path) -> None:
@@ -154,18 +164,17 @@ def verify_checksums(directory: str | Path) -> None:
     directory = Path(directory)
     listing = directory / CHECKSUMS
     if not listing.is_file():
-        raise ChecksumError(f"{directory}: {CHECKSUMS} is missing; re-export the model")
-    for name, expected in json.loads(listing.read_text()).items():
+        hint = missing_directory_hint(directory) if not directory.exists() else ""
+        raise ChecksumError(f"{directory}: {CHECKSUMS} is missing; re-export the model{hint}")
+    try:
+        recorded = json.loads(listing.read_text(encoding="utf-8"))
+        expected_sums = {str(name): str(digest) for name, digest in recorded.items()}
+    except (ValueError, AttributeError) as error:
+        raise ChecksumError(f"{listing}: unreadable ({error}); re-export the model") from None
+    for name, expected in expected_sums.items():
         path = directory / name
-        if not path.is_file() or _sha256(path) != expected:
+        if not path.is_file() or sha256_file(path) != expected:
             raise ChecksumError(
-                f"{path}: file is missing or its sha256 differs from the one recorded at export"
+                f"{path}: file is missing or its sha256 differs from the one recorded at export; "
+                "re-export the model (or copy it again)"
             )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from models.atomic import DamagedFileError, write_text
 from models.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_from_dict
 
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -91,10 +93,30 @@ class Vocabulary:
         return cls(data["tokens"], tokenizer_from_dict(data["tokenizer"]))
 
     def save(self, path: str | Path) -> None:
-        """Write the vocabulary as UTF-8 JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        """Write the vocabulary as UTF-8 JSON (atomically), with the sha256 of its content."""
+        data = self.to_dict()
+        text = json.dumps({**data, "sha256": _content_sha256(data)}, ensure_ascii=False)
+        write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        """Read a vocabulary written by `save`."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a vocabulary written by `save`; DamagedFileError, naming the file, when it is
+        truncated or altered (files written before the checksum was added are read unchecked)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            recorded = data.pop("sha256", None)
+            if recorded is not None and recorded != _content_sha256(data):
+                raise ValueError("its content does not match the sha256 recorded in it")
+            return cls.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DamagedFileError(
+                f"{path}: not a whole vocabulary, truncated or altered ({error}); delete it and "
+                "build it again: run the training or export that wrote it again"
+            ) from None
+
+
+def _content_sha256(data: dict[str, Any]) -> str:
+    """sha256 of a vocabulary's `to_dict()` in one canonical JSON spelling."""
+    canonical = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -169,6 +169,7 @@ def tear_last_manifest_line(folder: Path) -> None:
     manifest.write_bytes(data[: last_line_start + (len(data) - last_line_start) // 2])
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -234,6 +235,7 @@ FeatureCache(folder + "/cache", encoder).ensure(
 """
 
 
+@pytest.mark.faults
 def test_a_run_killed_mid_shard_resumes_to_the_features_of_an_uninterrupted_one(
     tmp_path: Path, encoder: ImageEncoder, images: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

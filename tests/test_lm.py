@@ -279,5 +279,5 @@ def test_help_works_and_shows_the_presets_values(capsys: pytest.CaptureFixture[s
         train_lm.get_args_parser().parse_args(["--preset", "tiny", "--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "(last 5% validates) (default: 'data/fortunes')" in text
+    assert "the last 5% validating) (default: 'data/fortunes')" in " ".join(text.split())
     assert "units per layer (default: 64)" in text  # lm_tiny.yaml, not the dataclass's 256

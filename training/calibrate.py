@@ -22,12 +22,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from models.atomic import write_text
 from models.captioner import Captioner
 from models.checkpoint import load_model, save_model
 from models.confidence import expected_calibration_error
 from models.inference import caption_features
 from models.search import SearchOptions
 from training.captioning import load_caption_splits
+from training.errors import run_main
 from training.features import FeatureCache
 from training.metrics import word_f1
 
@@ -142,7 +144,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     metadata = {**loaded.metadata, "calibration": report}  # exported and shown in the model card
     save_model(args.model, model, loaded.vocabularies, metadata)
     # beside the model directory, not in it: its checksums.json covers every file inside
-    (Path(args.model).parent / "calibration.json").write_text(json.dumps(report, indent=2))
+    write_text(Path(args.model).parent / "calibration.json", json.dumps(report, indent=2))
     return report
 
 
@@ -183,4 +185,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from training.data.loaders import DataFormatError
 from training.distributed import setup, teardown
+from training.errors import run_main
 from training.loop import Task, Trainer
-from training.settings import LoopSettings, SettingsError, resolve_settings, settings_parser
+from training.settings import LoopSettings, resolve_settings, settings_parser
 from training.state import Progress
 
 TaskFactory = Callable[..., Task]  # (settings, Distributed, torch.device) -> Task
@@ -53,9 +53,6 @@ class TrainingCommand:
         return train(resolve_settings(self.settings_class, self.kind, args), self.make_task)
 
     def run(self, argv: list[str] | None = None) -> None:
-        """The `__main__` entry: data mistakes end in one line naming the file, not a traceback."""
-        args = self.get_args_parser().parse_args(argv)
-        try:
-            self.main(args)
-        except (DataFormatError, FileNotFoundError, SettingsError) as error:
-            raise SystemExit(f"error: {error}") from None
+        """The `__main__` entry: data mistakes, damaged files (checkpoint, vocabulary, cache) and
+        a full disk end in one line naming the file and what to do, not a traceback."""
+        run_main(self.main, self.get_args_parser().parse_args(argv))

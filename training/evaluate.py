@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models.atomic import write_text
 from models.checkpoint import LoadedModel, load_model
 from models.inference import precision
 from models.search import SearchOptions
 from training.captioning import load_caption_splits
 from training.data.loaders import load_aligned
+from training.errors import run_main
 from training.features import FeatureCache
 from training.metrics import caption_scores, translation_scores
 from training.predict import caption_texts, translate_texts
@@ -233,10 +235,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         outputs |= {f"baseline_{m}": o for m, o in base_outputs.items()}
     report["samples"] = samples(data, outputs)
     output = args.output or args.model.parent / f"eval_{args.split}.json"
-    output.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(output, json.dumps(report, indent=2, ensure_ascii=False))
     print(json.dumps({k: report[k] for k in ("results", "baseline") if k in report}, indent=1))
     return report
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

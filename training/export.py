@@ -8,19 +8,24 @@ shipped defaults from `pretrained/` into it, idempotently.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from models.atomic import write_text
 from models.checkpoint import CHECKSUMS, LoadedModel, load_model, save_model, verify_checksums
 from models.inference import caption_images, translate
 from models.search import SearchOptions
+from training.errors import run_main
 from training.evaluate import decode, load_eval_data, max_length_of, score
 from training.model_card import CARD, data_summary, model_card, training_summary
 
@@ -111,8 +116,6 @@ def export_directory(
     golden, files = golden_example(loaded, feature_cache)
     metadata["golden"] = golden
     files[GOLDEN] = json.dumps(golden, indent=2, ensure_ascii=False).encode()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
     save_model(out_dir, loaded.model, loaded.vocabularies, metadata, half=half, extra_files=files)
     return out_dir
 
@@ -157,34 +160,68 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def store_lock() -> Iterator[None]:
+    """Hold an exclusive lock on the BentoML store's folder ($BENTOML_HOME, default ~/bentoml):
+    imports run one at a time, so two at once neither both copy a model nor race on its files.
+    The kernel drops an flock when its process dies, so a killed import leaves no stale lock."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".seqserve-import.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def import_directory(directory: Path, name: str) -> str:
     """Copy a verified model directory into the store as `name`, unless that exact one is there."""
+    verify_checksums(directory)
+    labels, metadata = store_metadata(directory)
+    with store_lock():
+        existing = _stored_with_checksum(name, metadata["checksum"])
+        if existing is not None:
+            print(f"{name}: {existing} already holds {directory}; skipped")
+            return existing
+        return _copy_into_store(directory, name, labels, metadata)
+
+
+def _stored_with_checksum(name: str, checksum: str) -> str | None:
+    """The tag of a stored model `name` with this checksum, if there is one."""
     import bentoml
     import bentoml.exceptions
 
-    verify_checksums(directory)
-    labels, metadata = store_metadata(directory)
     try:
         existing_models = bentoml.models.list(name)
     except bentoml.exceptions.NotFound:
         existing_models = []
     for existing in existing_models:
-        if existing.info.metadata.get("checksum") == metadata["checksum"]:
-            print(f"{name}: {existing.tag} already holds {directory}; skipped")
+        if existing.info.metadata.get("checksum") == checksum:
             return str(existing.tag)
+    return None
+
+
+def _copy_into_store(
+    directory: Path, name: str, labels: dict[str, str], metadata: dict[str, Any]
+) -> str:
+    """A new store model `name` holding the directory's checksummed files (and its card)."""
+    import bentoml
+
     files = [*json.loads((directory / CHECKSUMS).read_text()), CHECKSUMS]
     files += [CARD] if (directory / CARD).is_file() else []  # documentation, not checksummed
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file_name in files:
             shutil.copyfile(directory / file_name, Path(model.path) / file_name)
+        verify_checksums(Path(model.path))  # the copy, before it is added to the store
     print(f"{name}: imported {directory} as {model.tag}")
     return str(model.tag)
 
 
 def import_shipped(shipped: Path = SHIPPED_DIR) -> list[str]:
-    """Import every `pretrained/<name>/` directory as store model `<name>`."""
+    """Import every `pretrained/<name>/` directory as store model `<name>` (hidden folders, such
+    as an interrupted export's `.<name>.tmp`, are not models)."""
     return [
-        import_directory(d, d.name) for d in sorted(shipped.iterdir()) if (d / CHECKSUMS).is_file()
+        import_directory(d, d.name)
+        for d in sorted(shipped.iterdir())
+        if not d.name.startswith(".") and (d / CHECKSUMS).is_file()
     ]
 
 
@@ -251,10 +288,10 @@ def main(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.ship_dir or Path(tmp) / "model"
         export_directory(args.model, out, args.half, evaluation, args.feature_cache)
-        (out / "MODEL_CARD.md").write_text(model_card(out, args.train_command), encoding="utf-8")
+        write_text(out / CARD, model_card(out, args.train_command))
         name = args.name or json.loads((out / "config.json").read_text())["kind"]
         return [import_directory(out, name)]
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from models.atomic import DamagedFileError, append_line, sync_file, write_atomically, write_text
 
 FORMAT = "seqserve-feature-shards/1"
 MANIFEST = "manifest.jsonl"
@@ -119,9 +120,10 @@ class ShardStore:
             _write_manifest(self.folder, self.header, [])
         numbers = [int(SHARD_NAME.fullmatch(s.name)[1]) for s in self.shards]  # type: ignore[index]
         name = f"shard-{max(numbers, default=-1) + 1:06d}.npy"
-        size = _write_atomically(self.folder / name, lambda stream: np.save(stream, rows))
+        size = write_atomically(self.folder / name, lambda stream: np.save(stream, rows))
         shard = Shard(name, size, list(keys))
-        _append_line(self.folder / MANIFEST, _record(shard))
+        append_line(self.folder / MANIFEST, json.dumps(_record(shard), separators=(",", ":")))
+        sync_file(self.folder / MANIFEST)
         self._add(shard)
 
     def gather(self, rows: Tensor, with_grid: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -153,12 +155,16 @@ class ShardStore:
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as error:
-                raise RuntimeError(
-                    f"{path}: unreadable feature shard ({error}); delete it"
+                raise DamagedFileError(
+                    f"{path}: unreadable feature shard ({error}); delete it (its images are "
+                    "computed again)"
                 ) from None
             if array.shape != expected or array.dtype != np.float16:
                 found = f"{array.dtype} {array.shape}"
-                raise RuntimeError(f"{path}: holds {found}, not float16 {expected}; delete it")
+                raise DamagedFileError(
+                    f"{path}: holds {found}, not float16 {expected}; delete it (its images are "
+                    "computed again)"
+                )
             self._arrays[index] = array
         return self._arrays[index]
 
@@ -258,40 +264,7 @@ def _record(shard: Shard) -> dict[str, Any]:
 
 def _write_manifest(folder: Path, header: dict[str, Any], shards: list[Shard]) -> None:
     lines = [json.dumps(x, separators=(",", ":")) + "\n" for x in [header, *map(_record, shards)]]
-    _write_atomically(folder / MANIFEST, lambda stream: stream.write("".join(lines).encode()))
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> int:
-    """Write `path` through a temporary file in its folder (fsync'd, renamed) -> its size."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as stream:
-        write(stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    size = temporary.stat().st_size
-    os.replace(temporary, path)
-    _fsync(path.parent)
-    return size
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line to `path` and fsync it."""
-    data = memoryview((json.dumps(record, separators=(",", ":")) + "\n").encode())
-    handle = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        while data:
-            data = data[os.write(handle, data) :]
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _fsync(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    write_text(folder / MANIFEST, "".join(lines))
 
 
 def _say(message: str) -> None:

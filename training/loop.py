@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from models.atomic import recover_directory, write_text
 from models.vocabulary import PAD
 from training.batching import shard
 from training.distributed import Distributed, gather_shards, sum_over_processes
@@ -237,6 +238,7 @@ class Trainer:
         mid_epoch = self.progress.batch > 0  # at an epoch's end the next one starts afresh
         carry = {k: gather_shards(v, self.info) for k, v in self.carry.items()} if mid_epoch else {}
         if self.info.is_main:
+            self.log.sync()
             state = (self.core, self.optimizer, self.schedule, self.progress)
             save_checkpoint(self.checkpoint_path, *state, carry)
 
@@ -246,6 +248,7 @@ class Trainer:
             self.checkpoint_path, self.core, self.optimizer, self.schedule
         )
         self.progress = progress
+        self.log.keep_until(progress.step)
         self.carry = {
             k: v[self.info.rank :: self.info.world_size].to(self.device) for k, v in carry.items()
         }
@@ -253,12 +256,14 @@ class Trainer:
     def run(self) -> Progress:
         """Train until the epochs, max_steps or patience run out; the best model is in run_dir/best."""
         s = self.settings
+        if self.info.is_main:
+            recover_directory(s.run_dir / "best")  # a kill while best/ was being replaced
         if s.resume and self.checkpoint_path.is_file():
             self.restore()
         else:
             if self.info.is_main:
                 (s.run_dir / METRICS_LOG).unlink(missing_ok=True)
-                (s.run_dir / "settings.json").write_text(json.dumps(s.to_dict(), indent=2))
+                write_text(s.run_dir / "settings.json", json.dumps(s.to_dict(), indent=2))
             self.log.write(epoch=0, step=0, valid_loss=self.validation_loss())  # every process
         p = self.progress
         while p.epoch < s.epochs:

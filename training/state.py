@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import random
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.atomic import DamagedFileError, sha256_file, write_bytes, write_text
+
 CHECKPOINT = "checkpoint.pt"
+CHECKSUMS = "checkpoint.sha256.json"  # {"checkpoint.pt": [sha256 of the newest, of the one before]}
+
+
+class CheckpointError(DamagedFileError):
+    """A checkpoint that cannot be resumed from: damaged, or made by other settings."""
 
 
 @dataclass
@@ -77,9 +88,11 @@ def save_checkpoint(
     progress: Progress,
     carry: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write everything needed to continue exactly, atomically (tmp file then rename).
+    """Write everything needed to continue exactly, atomically, with its sha256 recorded first.
 
     `carry` is what the next batch of an unfinished epoch starts from (truncated BPTT's state).
+    The checksum file names the new checkpoint's sha256 and the one on disk, so that a kill
+    between the two writes leaves the previous checkpoint loadable and verified.
     """
     state = {
         "model": model.state_dict(),
@@ -89,9 +102,14 @@ def save_checkpoint(
         "rng": _rng_state(),
         "carry": {k: v.cpu() for k, v in (carry or {}).items()},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    accepted = [hashlib.sha256(data).hexdigest()]
+    if path.is_file():
+        accepted.append(sha256_file(path))
+    write_text(path.with_name(CHECKSUMS), json.dumps({path.name: accepted}))
+    write_bytes(path, data)
 
 
 def load_checkpoint(
@@ -100,13 +118,64 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
 ) -> tuple[Progress, dict[str, Tensor]]:
-    """Restore model, optimizer, schedule and RNG state; return the saved progress and carry."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.scale = float(state["schedule"]["scale"])
-    _set_rng_state(state["rng"])
-    return Progress(**state["progress"]), state.get("carry", {})
+    """Restore model, optimizer, schedule and RNG state; return the saved progress and carry.
+
+    CheckpointError, naming the file and what to do, when it is damaged or does not fit."""
+    state = read_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.scale = float(state["schedule"]["scale"])
+        _set_rng_state(state["rng"])
+        progress = Progress(**state["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: does not fit the model these settings build ({_reason(error)}); resume with the "
+            f"run's own settings ({path.parent / 'settings.json'}), or delete it to start afresh"
+        ) from None
+    return progress, state.get("carry", {})
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved in `path`, after checking it against the recorded sha256."""
+    data = path.read_bytes()
+    accepted = _recorded_sha256(path)
+    delete = (
+        f"delete {path.name} and {CHECKSUMS} to train this run from its start "
+        "(best/ keeps the best model so far)"
+    )
+    if accepted is not None and hashlib.sha256(data).hexdigest() not in accepted:
+        raise CheckpointError(
+            f"{path}: truncated or altered: its sha256 is not the one recorded in {CHECKSUMS} "
+            f"when it was written; {delete}"
+        )
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle and zip errors, EOFError...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({_reason(error)}); {delete}"
+        ) from None
+
+
+def _reason(error: Exception, limit: int = 160) -> str:
+    """An exception as one short line: its type and the start of its message."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _recorded_sha256(path: Path) -> list[str] | None:
+    """The sha256 values recorded for `path`, or None (said on stderr) when there are none."""
+    listing = path.with_name(CHECKSUMS)
+    try:
+        accepted = json.loads(listing.read_text(encoding="utf-8"))[path.name]
+        if isinstance(accepted, list) and all(isinstance(x, str) for x in accepted):
+            return accepted
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(
+        f"warning: {listing} is missing or unreadable: {path} is loaded unverified", file=sys.stderr
+    )
+    return None
 
 
 def _rng_state() -> dict[str, Any]:

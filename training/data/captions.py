@@ -13,7 +13,9 @@ from typing import Any
 
 from PIL import Image
 
+from models.atomic import write_text
 from models.tokenizers import WordTokenizer
+from training.data.builds import building, up_to_date
 from training.data.common import parallel_map, sha256_file, write_manifest
 from training.data.loaders import (
     HELD_OUT_CAP,
@@ -139,19 +141,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"--images {args.images} is not a folder")
     sources = [_source(path, args.source_name, args.licence) for path in args.input]
     request = _request(args, sources)
-    if not args.force and (counts := _up_to_date(out, request)) is not None:
+    if not args.force and (counts := up_to_date(out, request)) is not None:
         print(f"{out} is up to date with these inputs (--force checks and writes again)")
         print(counts_table(counts))
         return counts
     splits, notes = load_checked(args)
     records = karpathy_records(splits, args.images, args.language)
     counts = record_counts(records, args.language)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = {"dataset": args.source_name or "captions", "language": args.language}
     text = json.dumps({**dataset, "images": records}, ensure_ascii=False, separators=(",", ":"))
-    (out / "dataset.json").write_text(text + "\n", encoding="utf-8")
     rules = [SPLIT_RULE, "tokens: words and punctuation, lower-cased, as the captioner splits them"]
-    write_manifest(out, sources, counts, rules + notes, extra={"request": request})
+    with building(out, request) as staged:  # out is replaced whole, never half written
+        write_text(staged / "dataset.json", text + "\n")
+        write_manifest(staged, sources, counts, rules + notes, extra={"request": request})
     print(counts_table(counts))
     if args.licence == DEFAULT_LICENCE:
         print("warning: the licence is unknown; model cards will say so (set --licence)")
@@ -208,18 +210,6 @@ def _request(args: argparse.Namespace, sources: Sequence[Mapping[str, str]]) -> 
         **{key: getattr(args, key) for key in ("language", "licence", "source_name")},
         **{key: getattr(args, key) for key in ("skip_missing", "verify_images")},
     }
-
-
-def _up_to_date(out: Path, request: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The counts of a previous run with the same request whose dataset.json is unchanged."""
-    try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-        recorded = manifest["files"]["dataset.json"]
-        if manifest["request"] == request and sha256_file(out / "dataset.json") == recorded:
-            return manifest["counts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no usable previous output: write it
-    return None
 
 
 def _decode_problem(path: Path) -> str | None:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
+
+from models.atomic import TEMPORARY_SUFFIX, sha256_file, write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 _DONE_MARKER = ".extracted"
+MANIFEST = "manifest.json"
+REQUEST_MARKER = ".request.json"  # in a build's staging folder (training/data/builds.py)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -77,15 +86,6 @@ def stable_split(key: str, fractions: SplitFractions = DEFAULT_FRACTIONS) -> str
     return "train"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_entry(download: Download, licence: str) -> dict[str, str]:
     """The manifest record for one downloaded source."""
     return {
@@ -107,11 +107,14 @@ def write_manifest(
 
     `extra` adds further top-level entries (e.g. the backgrounds of composites and their licences).
     """
-    manifest_path = directory / "manifest.json"
+    manifest_path = directory / MANIFEST
     files = {
         path.relative_to(directory).as_posix(): sha256_file(path)
         for path in sorted(directory.rglob("*"))
-        if path.is_file() and path != manifest_path
+        if path.is_file()
+        and path != manifest_path
+        and path.name != REQUEST_MARKER
+        and not path.name.endswith(TEMPORARY_SUFFIX)
     }
     manifest = {
         "sources": [dict(s) for s in sources],
@@ -120,9 +123,7 @@ def write_manifest(
         **dict(extra or {}),
         "files": files,
     }
-    manifest_path.write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest_path
 
 
@@ -137,6 +138,17 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True)
 
 
+@contextmanager
+def _download_folder(cache: Path) -> Iterator[Path]:
+    """A fresh folder inside the download cache to fetch into: only files moved out of it when
+    complete reach the cache, so a killed download is never mistaken for a finished one."""
+    folder = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def fetch_npm(name: str, version: str, dest: Path) -> Download:
     """`npm pack name@version` into the download cache (once) and extract it into dest.
 
@@ -145,14 +157,16 @@ def fetch_npm(name: str, version: str, dest: Path) -> Download:
     cache = downloads_dir()
     tarball = cache / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
     if not tarball.exists():
-        result = _run(
-            ["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)], cwd=cache
-        )
-        if result.returncode != 0 or not tarball.exists():
-            raise RuntimeError(
-                f"npm pack {name}@{version} failed (is npm installed and the registry reachable?):\n"
-                f"{result.stderr.strip()}"
+        with _download_folder(cache) as folder:
+            result = _run(
+                ["npm", "pack", f"{name}@{version}", "--pack-destination", str(folder)], cwd=folder
             )
+            if result.returncode != 0 or not (folder / tarball.name).exists():
+                raise RuntimeError(
+                    f"npm pack {name}@{version} failed (is npm installed and the registry "
+                    f"reachable?):\n{result.stderr.strip()}"
+                )
+            os.replace(folder / tarball.name, tarball)
     _extract_once(tarball, dest, safe_extract_tar)
     return Download(name=name, version=version, archive=tarball, extracted=dest)
 
@@ -160,18 +174,20 @@ def fetch_npm(name: str, version: str, dest: Path) -> Download:
 def fetch_deb(name: str, dest: Path) -> Download:
     """`apt-get download name` into the download cache (once) and `dpkg-deb -x` it into dest."""
     cache = downloads_dir()
-    debs = sorted(cache.glob(f"{name}_*.deb"))
-    if not debs:
-        result = _run(["apt-get", "download", name], cwd=cache)
-        if result.returncode != 0:
-            _run(["apt-get", "update"])
-            result = _run(["apt-get", "download", name], cwd=cache)
-        debs = sorted(cache.glob(f"{name}_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise RuntimeError(
-                f"apt-get download {name} failed (run `apt-get update`?):\n{result.stderr.strip()}"
-            )
-    deb = debs[-1]
+    if not sorted(cache.glob(f"{name}_*.deb")):
+        with _download_folder(cache) as folder:
+            result = _run(["apt-get", "download", name], cwd=folder)
+            if result.returncode != 0:
+                _run(["apt-get", "update"])
+                result = _run(["apt-get", "download", name], cwd=folder)
+            fetched = sorted(folder.glob(f"{name}_*.deb"))
+            if result.returncode != 0 or not fetched:
+                raise RuntimeError(
+                    f"apt-get download {name} failed (run `apt-get update`?):\n"
+                    f"{result.stderr.strip()}"
+                )
+            os.replace(fetched[-1], cache / fetched[-1].name)
+    deb = sorted(cache.glob(f"{name}_*.deb"))[-1]
     _extract_once(deb, dest, _dpkg_extract)
     version = _checked(["dpkg-deb", "-f", str(deb), "Version"]).strip()
     return Download(name=name, version=version, archive=deb, extracted=dest)
@@ -198,13 +214,13 @@ def _extract_once(archive: Path, dest: Path, extract: Callable[[Path, Path], Non
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     extract(archive, dest)
-    marker.write_text(checksum)
+    write_text(marker, checksum)  # last: an extraction killed half way is done again
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write one item per line (UTF-8, LF endings); return how many were written."""
+    """Write one item per line (UTF-8, LF endings, atomically); return how many were written."""
     items = list(lines)
-    path.write_text("".join(f"{line}\n" for line in items), encoding="utf-8")
+    write_text(path, "".join(f"{line}\n" for line in items))
     return len(items)
 
 
@@ -219,12 +235,17 @@ def fetch_pypi(name: str, version: str, dest: Path) -> Download:
     cache = downloads_dir()
     pattern = f"{name.replace('-', '_')}-{version}-*.whl"
     if not sorted(cache.glob(pattern)):
-        result = _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-            + ["-d", str(cache), f"{name}=={version}"]
-        )
-        if result.returncode != 0 or not sorted(cache.glob(pattern)):
-            raise RuntimeError(f"pip download {name}=={version} failed:\n{result.stderr.strip()}")
+        with _download_folder(cache) as folder:
+            result = _run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+                + ["-d", str(folder), f"{name}=={version}"]
+            )
+            fetched = sorted(folder.glob(pattern))
+            if result.returncode != 0 or not fetched:
+                raise RuntimeError(
+                    f"pip download {name}=={version} failed:\n{result.stderr.strip()}"
+                )
+            os.replace(fetched[-1], cache / fetched[-1].name)
     wheel = sorted(cache.glob(pattern))[-1]
     _extract_once(wheel, dest, lambda archive, to: zipfile.ZipFile(archive).extractall(to))
     return Download(name=name, version=version, archive=wheel, extracted=dest)
@@ -236,7 +257,8 @@ def parallel_map(
     """`[function(x) for x in items]` in this process and one helper process, order kept.
 
     The machine's two cores are shared, so one extra process is the most a data command uses.
-    `setup` runs once in each process first (e.g. load backgrounds, limit torch threads).
+    `setup` runs once in each process first (e.g. load backgrounds, limit torch threads). The
+    helper dies with this process: a killed command leaves nothing writing behind it.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -245,10 +267,24 @@ def parallel_map(
     if len(items) < 2:
         return [function(x) for x in items]
     middle = len(items) // 2
-    with ProcessPoolExecutor(max_workers=1, initializer=setup) as pool:
+    start = partial(_start_helper, os.getpid(), setup)
+    with ProcessPoolExecutor(max_workers=1, initializer=start) as pool:
         future = pool.submit(_map_all, function, list(items[middle:]))
         first = [function(x) for x in items[:middle]]
         return first + future.result()
+
+
+def _start_helper(parent: int, setup: Callable[[], None] | None) -> None:
+    """In a helper process: ask Linux for SIGKILL when the parent dies, then run `setup`."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed parent may leave the helper running
+        pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    if setup is not None:
+        setup()
 
 
 def _map_all(function: Callable[[T], R], items: list[T]) -> list[R]:

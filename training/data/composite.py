@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from models.atomic import write_bytes
+
 COMPOSITE_SIZE = 224
 BACKGROUND_MAX_SIDE = 800  # enough detail for a 224 px crop of a fifth of the photo
 OBJECT_RENDER_SIZE = 192  # SVG objects are rendered this large, then scaled down when pasted
@@ -122,12 +124,15 @@ def compose(obj: Image.Image, background: Image.Image, seed: int, mirror: bool) 
 
 
 def write_composite(job: CompositeJob) -> bool:
-    """Write one job's JPEG; False (nothing written) if its object cannot be read or rendered."""
+    """Write one job's JPEG atomically (one a resumed build already has is kept); False
+    (nothing written) if its object cannot be read or rendered."""
+    if job.out.is_file():
+        return True
     try:
         obj = load_object(job)
     except Exception:  # one broken source image loses one composite, not the run
         return False
-    job.out.write_bytes(compose(obj, _BACKGROUNDS[job.background], job.seed, job.mirror))
+    write_bytes(job.out, compose(obj, _BACKGROUNDS[job.background], job.seed, job.mirror))
     return True
 
 

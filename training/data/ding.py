@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
 from itertools import product
 from pathlib import Path
 
+from training.data.builds import add_force_flag, already_built, building, request_of
 from training.data.common import (
     SPLITS,
     SplitFractions,
@@ -23,6 +23,7 @@ from training.data.common import (
     write_lines,
     write_manifest,
 )
+from training.errors import run_main
 
 PACKAGE, LICENCE = "trans-de-en", "GPL-2+"
 DICTIONARY = "usr/share/trans/de-en"
@@ -198,6 +199,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=2000,
         help="target pairs in valid and in test (default: 2000)",
     )
+    add_force_flag(parser)
     return parser
 
 
@@ -206,24 +208,26 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     start = time.monotonic()
     out = args.out_dir or data_root() / "de-en"
     download = fetch_deb(PACKAGE, downloads_dir() / "extracted" / PACKAGE)
+    source = source_entry(download, LICENCE)
+    request = request_of(args, source=source["sha256"])
+    if (done := already_built(out, request, args.force)) is not None:
+        return done
     with open(download.extracted / DICTIONARY, encoding="utf-8") as f:
         pairs, reasons = extract_pairs(f)
     splits, leaked = split_pairs(pairs, args.held_out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    counts: dict[str, object] = {
-        "pairs": write_splits(out, splits),
-        "kinds": {name: dict(Counter(map(classify, ps))) for name, ps in splits.items()},
-        "dropped_for_overlap_with_earlier_split": dict(leaked),
-        "kept_unique": len(pairs),
-        "candidates_by_outcome": dict(sorted(reasons.items())),
-    }
-    write_manifest(out, [source_entry(download, LICENCE)], counts, CLEANING_RULES)
+    with building(out, request) as staged:
+        counts: dict[str, object] = {
+            "pairs": write_splits(staged, splits),
+            "kinds": {name: dict(Counter(map(classify, ps))) for name, ps in splits.items()},
+            "dropped_for_overlap_with_earlier_split": dict(leaked),
+            "kept_unique": len(pairs),
+            "candidates_by_outcome": dict(sorted(reasons.items())),
+        }
+        write_manifest(staged, [source], counts, CLEANING_RULES, {"request": request})
     print(json.dumps(counts, indent=2))
     print(f"wrote {out} in {time.monotonic() - start:.1f} s")
     return counts
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.atomic import WriteFailedError, write_text
+from training.data.builds import add_force_flag, already_built, building, request_of, write_once
 from training.data.common import (
     DEFAULT_FRACTIONS,
     SplitFractions,
@@ -22,6 +23,7 @@ from training.data.common import (
     stable_split,
     write_manifest,
 )
+from training.errors import run_main
 
 LABELS_PACKAGE = ("emojibase-data", "17.0.0", "MIT")
 PNG_STYLES = {  # style -> (npm package, version, licence)
@@ -88,11 +90,12 @@ def index_images(folder: Path, suffix: str) -> dict[str, Path]:
 def copy_style(
     style: str, images: Mapping[str, Path], concepts: Mapping[str, Concept], out: Path
 ) -> list[str]:
-    """Copy the raw PNG of every labelled emoji to `out/<style>/<key>.png`; return the keys copied."""
+    """Copy the raw PNG of every labelled emoji to `out/<style>/<key>.png` (those a resumed
+    build already has are kept); return the keys copied."""
     (out / style).mkdir(parents=True, exist_ok=True)
     kept = sorted(key for key in images if key in concepts)
     for key in kept:
-        shutil.copyfile(images[key], out / style / image_filename(key))
+        write_once(out / style / image_filename(key), images[key].read_bytes)
     return kept
 
 
@@ -106,13 +109,15 @@ def render_openmoji(
     kept, failed = [], 0
     for key in sorted(k for k in svgs if k in concepts):
         try:
-            cairosvg.svg2png(
-                url=str(svgs[key]),
-                write_to=str(out / "openmoji" / image_filename(key)),
-                output_width=IMAGE_SIZE,
-                output_height=IMAGE_SIZE,
+            write_once(
+                out / "openmoji" / image_filename(key),
+                lambda svg=svgs[key]: cairosvg.svg2png(
+                    url=str(svg), output_width=IMAGE_SIZE, output_height=IMAGE_SIZE
+                ),
             )
             kept.append(key)
+        except WriteFailedError:  # a full disk stops the build
+            raise
         except Exception:  # a broken SVG loses only that image, not the run
             failed += 1
     return kept, failed
@@ -171,6 +176,13 @@ def count_records(
     }
 
 
+NOTES = [
+    "caption: the CLDR label lower-cased; `tokens` is a convenience, `raw` is the caption",
+    "images: raw PNG bytes as shipped (RGBA, some LA or P), never composited onto a background",
+    "split: sha256 of 'emoji:<base hexcode>' 80/10/10, so skin-tone variants follow their base emoji",
+]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m training.data.emoji`."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -180,6 +192,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-openmoji", action="store_true", help="skip the OpenMoji style (default: include it)"
     )
+    add_force_flag(parser)
     return parser
 
 
@@ -222,22 +235,22 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     concepts = load_concepts(
         json.loads((labels.extracted / "package/en/data.json").read_text(encoding="utf-8"))
     )
-    if out.exists():
-        shutil.rmtree(out)
-    styles, sources, notes = prepare_images(concepts, out / "images", openmoji=not args.no_openmoji)
-    records = karpathy_images(styles, concepts)
-    dataset = {"dataset": "emoji", "images": records}
-    (out / "dataset_emoji.json").write_text(
-        json.dumps(dataset, ensure_ascii=False) + "\n", encoding="utf-8"
+    source = source_entry(labels, licence)
+    request = request_of(
+        args, labels=source["sha256"], styles=PNG_STYLES, openmoji=OPENMOJI_PACKAGE
     )
-    counts = count_records(records, concepts)
-    notes += [
-        f"{len(concepts)} labelled emoji in emojibase-data en/data.json (skin-tone variants included)",
-        "caption: the CLDR label lower-cased; `tokens` is a convenience, `raw` is the caption",
-        "images: raw PNG bytes as shipped (RGBA, some LA or P), never composited onto a background",
-        "split: sha256 of 'emoji:<base hexcode>' 80/10/10, so skin-tone variants follow their base emoji",
-    ]
-    write_manifest(out, [source_entry(labels, licence), *sources], counts, notes)
+    if (done := already_built(out, request, args.force)) is not None:
+        return done
+    with building(out, request, resume=True) as staged:  # a killed run's images are kept
+        images = staged / "images"
+        styles, sources, notes = prepare_images(concepts, images, openmoji=not args.no_openmoji)
+        records = karpathy_images(styles, concepts)
+        dataset = {"dataset": "emoji", "images": records}
+        write_text(staged / "dataset_emoji.json", json.dumps(dataset, ensure_ascii=False) + "\n")
+        counts = count_records(records, concepts)
+        found = f"{len(concepts)} labelled emoji in emojibase-data en/data.json"
+        notes += [f"{found} (skin-tone variants included)", *NOTES]
+        write_manifest(staged, [source, *sources], counts, notes, {"request": request})
     print("\n".join(notes))
     print(json.dumps(counts, indent=2))
     print(f"wrote {out} in {time.monotonic() - start:.1f} s")
@@ -245,4 +258,4 @@ def main(args: argparse.Namespace) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

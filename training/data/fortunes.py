@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from models.atomic import write_text
+from training.data.builds import add_force_flag, already_built, building, request_of
 from training.data.common import (
     SPLITS,
     SplitFractions,
@@ -21,6 +22,7 @@ from training.data.common import (
     stable_split,
     write_manifest,
 )
+from training.errors import run_main
 
 PACKAGES = ("fortunes-min", "fortunes")
 LICENCE = "BSD-3-Clause (Debian copyright file; quoted texts remain their authors')"
@@ -84,12 +86,21 @@ def render(fortunes: list[str]) -> str:
     return "".join(f"{fortune}\n{SEPARATOR}\n" for fortune in fortunes)
 
 
+NOTES = [
+    f"files: every text file in /{FORTUNE_DIR} except .dat, .u8 links and {sorted(SKIPPED_FILES)}",
+    "cleaning: doubly/triply UTF-8-encoded lines repaired, overstrike (x BACKSPACE y -> y) "
+    "resolved, control characters and trailing spaces removed, exact duplicates dropped",
+    "split: sha256 of the fortune text, 90/5/5; each fortune is followed by a '%' line",
+]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line flags of `python -m training.data.fortunes`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="output folder (default: <data root>/fortunes)"
     )
+    add_force_flag(parser)
     return parser
 
 
@@ -97,37 +108,32 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     """Fetch both packages, split fortunes, write `{train,valid,test}.txt` and manifest."""
     start = time.monotonic()
     out = args.out_dir or data_root() / "fortunes"
-    downloads, fortunes, per_file = [], [], Counter[str]()
-    for package in PACKAGES:
-        download = fetch_deb(package, downloads_dir() / "extracted" / package)
-        downloads.append(download)
+    downloads = [fetch_deb(p, downloads_dir() / "extracted" / p) for p in PACKAGES]
+    sources = [source_entry(d, LICENCE) for d in downloads]
+    request = request_of(args, sources=[source["sha256"] for source in sources])
+    if (done := already_built(out, request, args.force)) is not None:
+        return done
+    fortunes, per_file = [], Counter[str]()
+    for package, download in zip(PACKAGES, downloads, strict=True):
         for path in fortune_files(download.extracted / FORTUNE_DIR):
             found = split_fortunes(path.read_text(encoding="utf-8"))
             per_file[f"{package}/{path.name}"] = len(found)
             fortunes += found
     splits = assign(fortunes)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name, items in splits.items():
-        (out / f"{name}.txt").write_text(render(items), encoding="utf-8")
     counts: dict[str, object] = {
         "fortunes_per_split": {name: len(items) for name, items in splits.items()},
         "characters_per_split": {name: len(render(items)) for name, items in splits.items()},
         "duplicates_dropped": len(fortunes) - sum(len(items) for items in splits.values()),
         "fortunes_per_file": dict(per_file),
     }
-    notes = [
-        f"files: every text file in /{FORTUNE_DIR} except .dat, .u8 links and {sorted(SKIPPED_FILES)}",
-        "cleaning: doubly/triply UTF-8-encoded lines repaired, overstrike (x BACKSPACE y -> y) "
-        "resolved, control characters and trailing spaces removed, exact duplicates dropped",
-        "split: sha256 of the fortune text, 90/5/5; each fortune is followed by a '%' line",
-    ]
-    write_manifest(out, [source_entry(d, LICENCE) for d in downloads], counts, notes)
+    with building(out, request) as staged:
+        for name, items in splits.items():
+            write_text(staged / f"{name}.txt", render(items))
+        write_manifest(staged, sources, counts, NOTES, {"request": request})
     print(json.dumps({k: v for k, v in counts.items() if k != "fortunes_per_file"}, indent=2))
     print(f"wrote {out} in {time.monotonic() - start:.1f} s")
     return counts
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

@@ -128,10 +128,8 @@ def match_icons(
     return matched
 
 
-def render_svg(svg: str, out: Path, size: int) -> None:
-    """Render an SVG document to a size x size RGBA PNG (cairosvg, imported only when rendering)."""
+def svg_png(svg: str, size: int) -> bytes:
+    """An SVG document rendered as a size x size RGBA PNG (cairosvg, imported only when rendering)."""
     import cairosvg
 
-    cairosvg.svg2png(
-        bytestring=svg.encode("utf-8"), write_to=str(out), output_width=size, output_height=size
-    )
+    return cairosvg.svg2png(bytestring=svg.encode("utf-8"), output_width=size, output_height=size)

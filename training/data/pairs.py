@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from training.data.builds import add_force_flag, already_built, building, request_of
 from training.data.common import (
     SPLITS,
     SplitFractions,
@@ -30,6 +31,7 @@ from training.data.common import (
     write_manifest,
 )
 from training.data.loaders import DataFormatError, read_utf8
+from training.errors import run_main
 
 # A language code as the data files' suffix: `en`, `fra`, `pt_BR` (a region after an underscore,
 # so that a direction `en-pt_BR` has exactly one hyphen; `pt-BR` is accepted and rewritten).
@@ -213,39 +215,42 @@ def split_pairs(pairs: list[tuple[str, str]], held_out: int) -> dict[str, list[t
     return splits
 
 
-def read_pairs(args: argparse.Namespace) -> tuple[list[Pair], list[Path]]:
-    """The pairs of the input the flags name, and the input files."""
-    codes = (args.source, args.target)
+def input_files(args: argparse.Namespace) -> list[Path]:
+    """The files the flags name: a table, or the two line-aligned files."""
+    if args.tsv is not None:
+        return [args.tsv]
+    if args.aligned is not None:
+        return list(aligned_files(args.aligned, (args.source, args.target)))
+    return [args.source_file, args.target_file]
+
+
+def read_pairs(args: argparse.Namespace) -> list[Pair]:
+    """The pairs of the input the flags name."""
+    files = input_files(args)
     if args.tsv is not None:
         delimiter = args.delimiter or ("," if args.tsv.suffix.lower() == ".csv" else "\t")
         columns = (args.source_column, args.target_column)
-        return read_table(args.tsv, delimiter, columns, args.header, codes), [args.tsv]
-    if args.aligned is not None:
-        files = aligned_files(args.aligned, codes)
-    else:
-        files = (args.source_file, args.target_file)
-    return read_aligned(*files), list(files)
+        return read_table(args.tsv, delimiter, columns, args.header, (args.source, args.target))
+    return read_aligned(*files)
 
 
-def clear_output(out: Path) -> None:
-    """Make `out` ready for writing: create it, or remove a previous run's files from it. A folder
-    holding anything else is refused (never deleted): it may be somebody's data."""
-    manifest = out / "manifest.json"
+def check_output(out: Path) -> None:
+    """Refuse an output folder holding files this command did not write: the output replaces
+    the folder as a whole, and it may be somebody's data. A previous run's files (those its
+    manifest lists) are fine."""
     try:
-        previous = json.loads(manifest.read_text(encoding="utf-8"))
+        previous = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none, or not JSON: not ours
         previous = None
+    ours = {"manifest.json"}
     if isinstance(previous, dict) and previous.get("made_by") == MADE_BY:
-        for name in previous.get("files", {}):
-            if Path(name).name == name:  # the flat names it wrote, nothing elsewhere
-                (out / name).unlink(missing_ok=True)
-        manifest.unlink()
-    if out.exists() and any(out.iterdir()):
-        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        ours |= set(previous.get("files", {}))
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.exists() else []
+    if others:
         raise FileExistsError(
-            f"{out} holds files that {MADE_BY} did not write ({names}); choose an empty --output"
+            f"{out} holds files that {MADE_BY} did not write ({', '.join(others[:5])}); "
+            "choose an empty --output"
         )
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def write_dataset(
@@ -260,17 +265,17 @@ def write_dataset(
 
 
 def main(args: argparse.Namespace) -> dict[str, object]:
-    """Read, check, split and write the pairs with their manifest; print and return the counts."""
+    """Read, check, split and write the pairs with their manifest; print and return the counts
+    (a second run with the same inputs and flags finds its output up to date and stops)."""
     codes = (args.source, args.target)
-    read, files = read_pairs(args)
+    check_output(args.output)
+    files = input_files(args)
+    request = request_of(args, inputs=files)
+    if (done := already_built(args.output, request, args.force)) is not None:
+        return done
+    read = read_pairs(args)
     pairs, found = check_pairs(read, args.max_chars)
     splits = split_pairs(pairs, args.held_out)
-    clear_output(args.output)
-    counts: dict[str, object] = {
-        "pairs": write_dataset(args.output, splits, codes),
-        "read": len(read),
-        "removed_or_flagged": {name: len(lines) for name, lines in found.items()},
-    }
     sources = [
         {"name": args.source_name or path.name, "file": str(path), "licence": args.licence}
         | {"sha256": sha256_file(path)}
@@ -281,8 +286,15 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         "made_by": MADE_BY,
         "max_chars": args.max_chars,
         "first_lines": {name: lines[:SHOWN] for name, lines in found.items()},
+        "request": request,
     }
-    write_manifest(args.output, sources, counts, RULES, extra)
+    with building(args.output, request) as staged:
+        counts: dict[str, object] = {
+            "pairs": write_dataset(staged, splits, codes),
+            "read": len(read),
+            "removed_or_flagged": {name: len(lines) for name, lines in found.items()},
+        }
+        write_manifest(staged, sources, counts, RULES, extra)
     report(found, " and ".join(map(str, files)), args.max_chars)
     print(json.dumps(counts, indent=2))
     print(
@@ -395,6 +407,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=400,
         help="report pairs longer than this on either side (default: 400)",
     )
+    add_force_flag(parser)
     return parser
 
 
@@ -410,7 +423,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (DataFormatError, FileNotFoundError, FileExistsError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run_main(main, parse_args())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from models.atomic import write_text
+from training.data.builds import add_force_flag, already_built, as_json, building
 from training.data.common import (
     data_root,
     downloads_dir,
@@ -22,6 +24,7 @@ from training.data.composite import Background
 from training.data.emoji import (
     LABELS_PACKAGE,
     OPENMOJI_PACKAGE,
+    PNG_STYLES,
     emoji_key,
     index_images,
     prepare_images,
@@ -38,6 +41,7 @@ from training.data.photo_build import (
 )
 from training.data.photo_records import count_records, karpathy_records
 from training.data.tuxpaint import STAMPS_DIR
+from training.errors import run_main
 
 ICONIFY_STYLES = {  # style -> (npm package, version, licence); noto, twemoji and openmoji are the
     # google, twitter and openmoji styles data/emoji already has, so they are not fetched twice
@@ -213,6 +217,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=2,
         help="composites per val/test concept (default: 2)",
     )
+    add_force_flag(parser)
     return parser
 
 
@@ -222,14 +227,37 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     out = args.out_dir or data_root() / "photo"
     options = BuildOptions(args.held_out_style, args.composites_train, args.composites_eval)
     sources, manifest_sources = fetch_sources()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    records, extra_sources, stats, notes = build(out, sources, options, datasource_styles=True)
-    write_dataset(out, records, manifest_sources + extra_sources, stats, notes, sources, options)
+    counts = prepare(out, sources, manifest_sources, options, force=args.force)
+    print(f"{out} in {time.monotonic() - start:.1f} s")
+    return counts
+
+
+def prepare(
+    out: Path,
+    sources: Sources,
+    manifest_sources: list[dict[str, str]],
+    options: BuildOptions,
+    datasource_styles: bool = True,
+    force: bool = False,
+) -> dict[str, object]:
+    """Build the set into `out` unless it is up to date; a build killed part way is carried on
+    (its finished images are kept) by the next one with the same sources and options."""
+    request = as_json(
+        {
+            "options": asdict(options),
+            "sources": [source.get("sha256") for source in manifest_sources],
+            "emoji_styles": [PNG_STYLES, OPENMOJI_PACKAGE] if datasource_styles else None,
+        }
+    )
+    if (done := already_built(out, request, force)) is not None:
+        return done
+    with building(out, request, resume=True) as staged:
+        records, extra_sources, stats, notes = build(staged, sources, options, datasource_styles)
+        all_sources = manifest_sources + extra_sources
+        write_dataset(staged, records, all_sources, stats, notes, sources, options, request)
     counts = count_records(records)
     print(json.dumps({**counts, **stats}, indent=2))
-    print(f"wrote {out} in {time.monotonic() - start:.1f} s")
+    print(f"wrote {out}")
     return counts
 
 
@@ -241,15 +269,18 @@ def write_dataset(
     notes: list[str],
     inputs: Sources,
     options: BuildOptions,
+    request: dict[str, Any] | None = None,
 ) -> None:
     """`dataset_photo.json` (Karpathy format plus extra fields) and the manifest."""
     dataset = {"dataset": "photo", "held_out_style": options.held_out_style, "images": records}
-    (out / "dataset_photo.json").write_text(
-        json.dumps(dataset, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    extra = {"options": asdict(options), "backgrounds": [b.record() for b in inputs.backgrounds]}
+    write_text(out / "dataset_photo.json", json.dumps(dataset, ensure_ascii=False) + "\n")
+    extra: dict[str, Any] = {
+        "options": asdict(options),
+        "backgrounds": [b.record() for b in inputs.backgrounds],
+        "request": request,
+    }
     write_manifest(out, sources, {**count_records(records), **stats}, [*NOTES, *notes], extra)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args())

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from models.atomic import WriteFailedError
+from training.data.builds import write_once
 from training.data.common import parallel_map
 from training.data.composite import (
     Background,
@@ -16,10 +18,10 @@ from training.data.composite import (
     write_composite,
 )
 from training.data.emoji import Concept, concept_split, image_filename
-from training.data.iconify import IconSet, match_icons, render_svg
+from training.data.iconify import IconSet, match_icons, svg_png
 from training.data.photo_records import Item, caption_split_table, composite_seed, composite_styles
 from training.data.photo_records import stamp_split as split_of_stamp
-from training.data.tuxpaint import Stamp, find_stamps, stamp_filename, write_stamp
+from training.data.tuxpaint import Stamp, find_stamps, stamp_filename, stamp_png
 
 EMOJI_SIZE = 64  # as data/emoji
 STAMP_SIZE = 224  # the encoder's input size
@@ -50,8 +52,10 @@ class BuildOptions:
 
 def _render_job(job: tuple[str, Path]) -> bool:
     try:
-        render_svg(job[0], job[1], EMOJI_SIZE)
+        write_once(job[1], lambda: svg_png(job[0], EMOJI_SIZE))  # kept when resumed
         return True
+    except WriteFailedError:  # a full disk stops the build
+        raise
     except Exception:  # a broken SVG loses only that image
         return False
 
@@ -97,8 +101,10 @@ def render_icon_sets(
 
 def _write_stamp_job(job: tuple[Stamp, Path]) -> bool:
     try:
-        write_stamp(job[0], job[1], STAMP_SIZE)
+        write_once(job[1], lambda: stamp_png(job[0], STAMP_SIZE))  # kept when resumed
         return True
+    except WriteFailedError:  # a full disk stops the build
+        raise
     except Exception:  # an unreadable stamp loses only that stamp
         return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,6 @@ def stamp_filename(stamp_id: str) -> str:
 def load_stamp(stamp: Stamp, size: int) -> Image.Image:
     """The stamp as RGBA, its longer side `size` px (SVGs rendered at that size, PNGs resized)."""
     if stamp.kind == "svg":
-        import io
-
         import cairosvg
 
         png = cairosvg.svg2png(url=str(stamp.image), output_width=size)
@@ -100,9 +99,11 @@ def load_stamp(stamp: Stamp, size: int) -> Image.Image:
     return image.resize(new_size, Image.Resampling.LANCZOS)
 
 
-def write_stamp(stamp: Stamp, out: Path, size: int) -> None:
-    """Save the stamp centred on a transparent size x size square (a centre crop keeps it whole)."""
+def stamp_png(stamp: Stamp, size: int) -> bytes:
+    """The stamp centred on a transparent size x size square, as PNG (a centre crop keeps it whole)."""
     image = load_stamp(stamp, size)
     canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
-    canvas.save(out, optimize=False)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
