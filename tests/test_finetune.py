@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -175,3 +176,23 @@ def test_saved_model_captions_images_as_the_trained_one_does(tmp_path: Path) -> 
     for mine, theirs in zip(served, trained, strict=True):
         assert mine[0].score == pytest.approx(theirs[0].score, abs=1e-5)
     assert caption_images(load_model(tmp_path / "final").model, pixels, options) == served
+
+
+def test_fine_tuned_run_resumes_exactly(tmp_path: Path) -> None:
+    """The checkpoint holds the suffix's reparametrised weights and their Adam state."""
+
+    def run(name: str, steps: int, *flags: str) -> list[str]:
+        common = ["--fine-tune-blocks", "2", "--log-every", "1", "--name", name]
+        settings = tiny_settings(tmp_path, *common, "--max-steps", str(steps), *flags)
+        task = CaptionTask(settings, Distributed(), CPU)
+        Trainer(task, settings, Distributed(), CPU).run()
+        return (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+
+    def losses(lines: list[str]) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+    uninterrupted = run("whole", 6)
+    first = run("halves", 3)
+    resumed = run("halves", 6, "--resume")
+    assert resumed[: len(first)] == first and len(resumed) > len(first)  # continued, not restarted
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)

@@ -253,7 +253,7 @@ class CaptionTask:
     def __init__(
         self, settings: CaptionerSettings, info: Distributed, device: torch.device
     ) -> None:
-        self.settings = settings
+        self.settings, self.is_main = settings, info.is_main
         self.splits = load_caption_splits(
             settings.dataset,
             settings.images,
@@ -285,7 +285,8 @@ class CaptionTask:
             captions, WordTokenizer(lowercase=True), min_freq=self.settings.min_freq
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        vocabulary.save(path)
+        if self.is_main:  # each process builds the same one; one writes it
+            vocabulary.save(path)
         return vocabulary
 
     def _pairs(self, split: str) -> list[tuple[int, list[int]]]:

@@ -190,7 +190,7 @@ class TranslationTask:
     def __init__(
         self, settings: TranslatorSettings, info: Distributed, device: torch.device
     ) -> None:
-        self.settings = settings
+        self.settings, self.is_main = settings, info.is_main
         files = {
             s: data_files(settings.data_dir, settings.direction, s) for s in ("train", "valid")
         }
@@ -208,7 +208,8 @@ class TranslationTask:
             return Vocabulary.load(path)
         vocabulary = build_vocabulary(texts, self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        vocabulary.save(path)
+        if self.is_main:  # each process builds the same one; one writes it
+            vocabulary.save(path)
         return vocabulary
 
     def _encode(self, split: str) -> list[tuple[list[int], list[int]]]:
