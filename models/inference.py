@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +37,14 @@ def pad_batch(
     for row, sequence in enumerate(sequences):
         ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
     return ids.to(device), lengths.to(device)
+
+
+def opening_with_a_word(options: SearchOptions, vocabulary: Vocabulary) -> SearchOptions:
+    """`options` under which a caption that may not be empty (min_length >= 1) starts with a word:
+    tokens without a letter or digit (".", ",") cannot come first, so "." is no caption either."""
+    if options.min_length < 1:
+        return options
+    return dataclasses.replace(options, never_first=vocabulary.punctuation_ids())
 
 
 @torch.inference_mode()

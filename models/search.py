@@ -30,6 +30,7 @@ class SearchOptions:
     n_best: int = 1
     max_length: int = 50
     min_length: int = 1  # END is forbidden before this many tokens: never empty by default
+    never_first: tuple[int, ...] = ()  # ids that cannot open the output (a caption's punctuation)
     length_penalty: float = 1.0  # GNMT alpha: score = log_prob / ((5 + length) / 6) ** alpha
     no_repeat_ngram_size: int = 0  # 0 disables the block
     temperature: float = 1.0
@@ -292,13 +293,16 @@ def _set_aside(
 
 
 def _constrain(log_probs: Tensor, t: int, history: Tensor, options: SearchOptions) -> Tensor:
-    """Forbid PAD and START always, END before `min_length`, and tokens that repeat an n-gram.
+    """Forbid PAD and START always, END before `min_length`, `never_first` at the first step, and
+    tokens that repeat an n-gram.
 
     Works in place on the step's fresh (N, V) output: writing a few columns instead of copying
     the whole vocabulary-sized tensor every step. PAD, START, END are ids 0, 1, 2
     (tests/test_search.py holds them there), so the columns are a slice, cheaper than a list index.
     """
     log_probs[:, : (END + 1 if t < options.min_length else START + 1)] = _NEG_INF
+    if t == 0 and options.never_first:
+        log_probs[:, list(options.never_first)] = _NEG_INF
     n = options.no_repeat_ngram_size
     if n > 0 and history.size(1) >= n - 1:
         log_probs = log_probs.masked_fill(

@@ -55,6 +55,14 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def punctuation_ids(self) -> tuple[int, ...]:
+        """Ids of ordinary tokens with no letter or digit in them (".", ",", "!")."""
+        return tuple(
+            i
+            for i, token in enumerate(self.tokens)
+            if i >= len(SPECIALS) and not any(c.isalnum() for c in token)
+        )
+
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Vocabulary)

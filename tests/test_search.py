@@ -208,3 +208,17 @@ def test_default_options_never_answer_empty(method: str) -> None:
         assert all(h.tokens for h in hypotheses)
     allowed = SearchOptions(method, beam_size=3, max_length=5, min_length=0, seed=1)
     assert [] in [h.tokens for r in decode(stepper, stepper.state(4), allowed) for h in r]
+
+
+# token 3 (say ".") is the likeliest first token, then END
+DOT_FIRST = [[0, 0, 1, 12, 2, 0], [0, 0, 12, 0, 2, 1]]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_never_first_tokens_cannot_open_the_output_but_may_follow(method: str) -> None:
+    stepper = ScriptedStepper(DOT_FIRST)
+    plain = SearchOptions(method, beam_size=3, max_length=4, seed=1)
+    assert decode(stepper, stepper.state(2), plain)[0][0].tokens[0] == 3
+    options = SearchOptions(method, beam_size=3, n_best=3, max_length=4, seed=1, never_first=(3,))
+    for hypotheses in decode(stepper, stepper.state(2), options):
+        assert all(h.tokens and h.tokens[0] != 3 for h in hypotheses)

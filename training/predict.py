@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from models.captioner import Captioner
-from models.inference import caption_features, source_ids, translate_ids
+from models.inference import caption_features, opening_with_a_word, source_ids, translate_ids
 from models.search import SearchOptions
 from models.translator import Translator
 from models.vocabulary import Vocabulary
@@ -23,6 +23,7 @@ def caption_texts(
 ) -> list[str]:
     """Cached features (N, D), (N, S, D) -> the best caption of each image."""
     device = next(model.parameters()).device
+    options = opening_with_a_word(options, vocabulary)
     texts: list[str] = []
     for start in range(0, pooled.size(0), batch_size):
         p = pooled[start : start + batch_size].float().to(device)

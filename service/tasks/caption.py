@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from models.inference import caption_features
+from models.inference import caption_features, opening_with_a_word
 from models.search import Hypothesis, SearchOptions
 from models.vocabulary import Vocabulary
 from service.artifacts import ServedModel, in_store
@@ -142,8 +142,8 @@ class CaptionTask:
     ) -> tuple[list[Caption], str]:
         """Uploaded images (files or bytes; `fields` name them in errors) -> one caption each,
         and the captioner's tag."""
-        search = search_options(options)
         served = self.model(language)
+        search = opening_with_a_word(search_options(options), served.target)
         family = self.families[served.configured]
         batcher = self.runtime.batcher
         with batcher.arriving():  # a batch forming now may wait for these images
