@@ -47,6 +47,14 @@ bench: install
 	$(PY) -m bench.training
 	$(PY) -m bench.serving
 
+# On a CUDA host: the CUDA tests (tests/test_cuda.py), then bench/gpu.py (bench/results/gpu_*.json);
+# a few minutes. Elsewhere it says there is no CUDA device and exits 0.
+.PHONY: gpu-check
+gpu-check: install
+	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		$(PY) -m pytest -q -m cuda tests/test_cuda.py && $(PY) -m bench.gpu --quick; \
+	else echo "gpu-check: torch sees no CUDA device here; nothing to check (run it on a GPU host)"; fi
+
 # Opt-in load run, not part of `make test` (docs/reliability.md): its own server, capacity, a
 # steady run at capacity, twice capacity, recovery; about 4 min. e.g. LOAD_ARGS="--duration 60".
 LOAD_ARGS ?=
