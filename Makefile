@@ -87,6 +87,7 @@ import-models: install-serve
 data: install
 	test -f data/photo/dataset_photo.json || $(PY) -m training.data.photo
 	test -f data/de-en/train.en || $(PY) -m training.data.ding
+	test -f data/de-en-plus/train.en || $(PY) -m training.data.de_en_plus
 
 # The captioners: English and German decoders on the same cached 224-px features, then calibrated
 # (confidence and out-of-domain distance, training.calibrate). About 50 min here with feature caching.
