@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
-from torch import nn
+from torch import Tensor, nn
 
 from models.atomic import (
     DamagedFileError,
@@ -75,11 +75,7 @@ def save_model(
     the checksums."""
     directory = Path(directory)
     skip = _package_weight_prefixes(model)
-    tensors = {
-        name: (t.half() if half and t.is_floating_point() else t).detach().cpu().contiguous()
-        for name, t in model.state_dict().items()
-        if not name.startswith(skip)
-    }
+    tensors = stored_tensors(model, half)
     config = {
         "format_version": FORMAT_VERSION,
         "kind": kind_of(model),
@@ -96,6 +92,23 @@ def save_model(
             write_bytes(staged / name, content)
         write_checksums(staged)
     return directory
+
+
+def stored_tensors(model: nn.Module, half: bool = False) -> dict[str, Tensor]:
+    """The state dict as `save_model` stores it: on the CPU, contiguous, fp16 floats when `half`,
+    without a frozen backbone its pip package ships; a tied weight (one tensor under two names)
+    gets a copy of its own, as safetensors stores no shared memory (loading ties it again)."""
+    skip, seen = _package_weight_prefixes(model), set()
+    tensors = {}
+    for name, t in model.state_dict().items():
+        if name.startswith(skip):
+            continue
+        t = (t.half() if half and t.is_floating_point() else t).detach().cpu().contiguous()
+        if t.data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.data_ptr())
+        tensors[name] = t
+    return tensors
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

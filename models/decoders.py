@@ -24,6 +24,8 @@ class DecoderConfig:
     `attention_input` attends *before* each step instead, with the previous top hidden state as
     the query, and feeds the gated context beta * z into the recurrent input (Show, Attend and
     Tell, Xu et al. 2015: beta = sigmoid(w^T h)); the output layer still sees [h; z].
+    `tie_embeddings` makes the output layer read the target embedding matrix (Press and Wolf 2017);
+    when hidden_size != embed_size a linear bridge brings the pre-softmax vector to embed_size.
     """
 
     vocab_size: int
@@ -40,6 +42,7 @@ class DecoderConfig:
     inject_context: bool = False
     learned_init: bool = False
     attention_input: bool = False
+    tie_embeddings: bool = False  # absent from configs saved before it: loads as untied
 
     def __post_init__(self) -> None:
         if self.attention != "none" and self.memory_size <= 0:
@@ -128,7 +131,7 @@ class RecurrentDecoder(nn.Module):
         )
         self.gate = nn.Linear(c.hidden_size, 1) if c.attention_input else None
         self.dropout = nn.Dropout(c.dropout)
-        self.output = nn.Linear(c.hidden_size, c.vocab_size)
+        self.bridge, self.output = _output_layer(self.embedding, c)
 
     def init_state(self, memory: Memory | None, batch_size: int | None = None) -> DecoderState:
         """The state before the first token, conditioned on `memory` (None for a language model)."""
@@ -180,7 +183,7 @@ class RecurrentDecoder(nn.Module):
                 )  # (B, T, M), (B, T, S)
         if context is not None:
             hidden = torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))  # (B, T, H)
-        logits = self.output(self.dropout(hidden))  # (B, T, V)
+        logits = self.output(self.bridge(self.dropout(hidden)))  # (B, T, V)
         return logits, replace(state, recurrent=recurrent, attention=None), weights
 
     def _attend_then_step(
@@ -210,6 +213,25 @@ class RecurrentDecoder(nn.Module):
         )  # (N, V), fp32 even under autocast
         attention = weights[:, 0].float() if weights is not None else None  # (N, S)
         return log_probs, replace(state, attention=attention)
+
+
+def _output_layer(embedding: nn.Embedding, c: DecoderConfig) -> tuple[nn.Module, nn.Linear]:
+    """The bridge (H -> E, or nothing) and the vocabulary projection; tied, the projection's
+    weight *is* the embedding matrix (one parameter, one storage)."""
+    if not c.tie_embeddings:
+        return nn.Identity(), nn.Linear(c.hidden_size, c.vocab_size)
+    bridge = (
+        nn.Linear(c.hidden_size, c.embed_size, bias=False)
+        if c.hidden_size != c.embed_size
+        else nn.Identity()
+    )
+    output = nn.Linear(c.embed_size, c.vocab_size)
+    # N(0, 1) rows, as nn.Embedding starts, would make the first logits ~sqrt(E) times too large
+    nn.init.normal_(embedding.weight, std=c.embed_size**-0.5)
+    with torch.no_grad():
+        embedding.weight[PAD].zero_()
+    output.weight = embedding.weight
+    return bridge, output
 
 
 def _batch_size_of(memory: Memory) -> int:

@@ -102,12 +102,49 @@ class SentencePieceTokenizer:
         """Join pieces back into text."""
         return str(self._processor.decode_pieces(tokens))
 
+    def sample(self, text: str, alpha: float) -> list[str]:
+        """One segmentation of normalised `text` drawn from the whole lattice (nbest_size=-1),
+        smoothed by `alpha` (subword regularisation, Kudo 2018); `seed_sampling` restarts the draws."""
+        return list(
+            self._processor.encode(
+                normalize(text), out_type=str, enable_sampling=True, alpha=alpha, nbest_size=-1
+            )
+        )
+
     def pieces(self) -> list[str]:
         """Every piece of the model, in the model's id order."""
         return [self._processor.id_to_piece(i) for i in range(self._processor.get_piece_size())]
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model_proto": base64.b64encode(self.model_proto).decode()}
+
+
+@dataclass(frozen=True)
+class SampledSentencePiece:
+    """A SentencePiece model that draws a new segmentation at every `tokenize`, for training
+    only: it saves as the model itself (`to_dict`), so nothing sampled reaches inference."""
+
+    model: SentencePieceTokenizer
+    alpha: float
+    kind: str = "sentencepiece"
+
+    def tokenize(self, text: str) -> list[str]:
+        """A sampled segmentation of `text`."""
+        return self.model.sample(text, self.alpha)
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return self.model.detokenize(tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model.to_dict()
+
+
+def seed_sampling(seed: int) -> None:
+    """Restart SentencePiece's sampling at `seed`: the draws that follow (in this thread, one
+    sentence after another) are then the same on every run and every process."""
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(seed % 2**32)
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:

@@ -23,7 +23,16 @@ from training.distributed import Distributed, gather_shards, sum_over_processes
 from training.memory import SavedTensorMeter
 from training.records import EpochStats, MetricsLog
 from training.settings import LoopSettings
-from training.state import CHECKPOINT, LRSchedule, Progress, load_checkpoint, save_checkpoint
+from training.state import (
+    CHECKPOINT,
+    SNAPSHOTS,
+    LRSchedule,
+    Progress,
+    load_checkpoint,
+    remove_snapshots,
+    save_checkpoint,
+    save_snapshot,
+)
 
 METRICS_LOG = "metrics.jsonl"
 Carry = dict[str, Tensor]  # what a batch hands to the next one of the same pass (rows first)
@@ -177,6 +186,7 @@ class Trainer:
                 batch = self.task.batch("train", shard(indices, *self._place), self.device)
                 step = self.train_step(batch)
                 p.batch += 1
+                self.snapshot(at_validation=False)
                 speed = stats.add(step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{step['loss']:.3f}", tok_s=f"{speed:.0f}", refresh=False)
@@ -223,6 +233,7 @@ class Trainer:
         key = "valid_loss" if s.select_metric == "loss" else s.select_metric
         improved = p.record(record[key], higher_is_better=key != "valid_loss")
         self.schedule.after_validation(improved)
+        self.snapshot(at_validation=True)
         elapsed = (p.history[-1]["elapsed_s"] if p.history else 0.0) + time.monotonic() - started
         record.update(best=improved, elapsed_s=elapsed)
         p.history.append(record)
@@ -232,6 +243,15 @@ class Trainer:
             if improved:
                 self.task.save(s.run_dir / "best", {"settings": s.to_dict(), **record})
         return p.bad_epochs >= s.patience
+
+    def snapshot(self, at_validation: bool) -> None:
+        """Keep this step's weights for averaging when due: every `snapshot_every` steps, or at
+        each validation when that is 0 (main process; `keep_snapshots` 0 keeps none)."""
+        s, step = self.settings, self.progress.step
+        every = s.snapshot_every
+        due = at_validation if every == 0 else (not at_validation and step % every == 0)
+        if s.keep_snapshots > 0 and due and self.info.is_main:
+            save_snapshot(s.run_dir / SNAPSHOTS, self.task.model, self.progress, s.keep_snapshots)
 
     def save(self) -> None:
         """Write the checkpoint (main process), with every process's carry in global row order."""
@@ -249,6 +269,8 @@ class Trainer:
         )
         self.progress = progress
         self.log.keep_until(progress.step)
+        if self.info.is_main:
+            remove_snapshots(self.settings.run_dir / SNAPSHOTS, after=progress.step)
         self.carry = {
             k: v[self.info.rank :: self.info.world_size].to(self.device) for k, v in carry.items()
         }
@@ -263,6 +285,7 @@ class Trainer:
         else:
             if self.info.is_main:
                 (s.run_dir / METRICS_LOG).unlink(missing_ok=True)
+                remove_snapshots(s.run_dir / SNAPSHOTS)
                 write_text(s.run_dir / "settings.json", json.dumps(s.to_dict(), indent=2))
             self.log.write(epoch=0, step=0, valid_loss=self.validation_loss())  # every process
         p = self.progress

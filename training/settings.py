@@ -56,6 +56,14 @@ class LoopSettings:
         choices=("loss", "bleu", "cider"),
     )
     metric_subset: int = setting(500, "validation examples decoded greedily for bleu / cider")
+    keep_snapshots: int = setting(
+        0,
+        "keep the weights of the last N snapshots in <run>/snapshots, for "
+        "python -m training.average_checkpoints (0: none)",
+    )
+    snapshot_every: int = setting(
+        0, "with --keep-snapshots: a snapshot every N steps (0: at each validation)"
+    )
     seed: int = setting(1, "random seed of initialisation, shuffling and dropout")
     log_every: int = setting(50, "write a metrics line every this many steps")
     measure_memory: bool = setting(False, "log each epoch's peak bytes autograd keeps for backward")

@@ -1,4 +1,5 @@
-"""Learning-rate schedule, training progress and resumable checkpoints (plain state, no pickles)."""
+"""Learning-rate schedule, training progress, resumable checkpoints (plain state, no pickles) and
+the weight snapshots kept for averaging."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from models.atomic import DamagedFileError, sha256_file, write_bytes, write_text
+from models.checkpoint import stored_tensors
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"  # <run>/snapshots/step_00001234.safetensors: weights only, for averaging
 CHECKSUMS = "checkpoint.sha256.json"  # {"checkpoint.pt": [sha256 of the newest, of the one before]}
 
 
@@ -155,6 +159,36 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({_reason(error)}); {delete}"
         ) from None
+
+
+def save_snapshot(directory: Path, model: nn.Module, progress: Progress, keep: int) -> Path:
+    """Write the model's weights now as `<directory>/step_<step, 8 digits>.safetensors`
+    (atomically, step and epoch in its metadata) and remove all but the newest `keep`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{progress.step:08d}.safetensors"
+    metadata = {"step": str(progress.step), "epoch": str(progress.epoch)}
+    write_bytes(path, safetensors_bytes(stored_tensors(model), metadata))
+    for old in list_snapshots(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_snapshots(directory: Path) -> list[Path]:
+    """The snapshots in `directory`, oldest step first."""
+    return sorted(directory.glob("step_[0-9]*.safetensors"), key=snapshot_step)
+
+
+def snapshot_step(path: Path) -> int:
+    """The step a snapshot was taken at, from its name."""
+    return int(path.stem.removeprefix("step_"))
+
+
+def remove_snapshots(directory: Path, after: int = -1) -> None:
+    """Remove the snapshots of steps after `after` (all by default): on a fresh start, or what a
+    stopped run wrote after the checkpoint it is resumed from (the resumed run writes them again)."""
+    for path in list_snapshots(directory):
+        if snapshot_step(path) > after:
+            path.unlink(missing_ok=True)
 
 
 def _reason(error: Exception, limit: int = 160) -> str:

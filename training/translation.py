@@ -15,7 +15,12 @@ from models.checkpoint import save_model
 from models.encoders import TextEncoderConfig
 from models.inference import pad_batch, source_ids
 from models.search import SearchOptions
-from models.tokenizers import SentencePieceTokenizer, WordTokenizer
+from models.tokenizers import (
+    SampledSentencePiece,
+    SentencePieceTokenizer,
+    WordTokenizer,
+    seed_sampling,
+)
 from models.translator import Translator, TranslatorConfig
 from models.vocabulary import Vocabulary
 from training.batching import example_batches
@@ -27,6 +32,9 @@ from training.loop import Batch, Carry
 from training.metrics import translation_scores
 from training.predict import translate_texts
 from training.settings import LoopSettings, SettingsError, setting
+
+BT_TAG = "<bt>"  # first source token of a back-translated pair (tagged BT, Caswell et al. 2019)
+Example = tuple[list[int], list[int]]  # (source ids ending with END, START target ids END)
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,29 @@ class TranslatorSettings(LoopSettings):
     max_tokens: int = setting(
         80, "training pairs longer than this (either side, in tokens) are skipped"
     )
+    tie_embeddings: bool = setting(
+        False, "the output layer shares the target embedding matrix (Press and Wolf 2017)"
+    )
+    sp_sampling_alpha: float = setting(
+        0.0,
+        "subword regularisation: training text is segmented anew each epoch, sampled with this "
+        "smoothing (sentencepiece only; 0: off; e.g. 0.3, see docs/training.md)",
+    )
+    synthetic_dir: str = setting(
+        "",
+        "folder of back-translated train.<language> pairs (python -m training.back_translate) "
+        f"added to training only, each source starting with the tag {BT_TAG} (empty: none)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sp_sampling_alpha < 0 or (
+            self.sp_sampling_alpha > 0 and self.tokenizer != "sentencepiece"
+        ):
+            raise SettingsError(
+                f"sp_sampling_alpha {self.sp_sampling_alpha} needs tokenizer sentencepiece and "
+                "a value >= 0 (0 turns sampling off)"
+            )
         if self.direction:  # empty in the generic preset: the data files ask for it
             try:
                 split_direction(self.direction)
@@ -178,12 +206,52 @@ def build_translator(
         dropout=s.dropout,
         attention=s.attention,
         attention_size=s.attention_size,
+        tie_embeddings=s.tie_embeddings,
     )
     return Translator(config)
 
 
+def synthetic_pairs(settings: TranslatorSettings) -> list[tuple[str, str]]:
+    """The back-translated (source, target) pairs of `synthetic_dir`, or none when it is empty."""
+    if not settings.synthetic_dir:
+        return []
+    if not Path(settings.synthetic_dir).is_dir():
+        raise FileNotFoundError(
+            f"synthetic_dir {settings.synthetic_dir} does not exist: give --synthetic-dir the "
+            "--output-dir of python -m training.back_translate, or leave it empty"
+        )
+    return load_aligned(*data_files(settings.synthetic_dir, settings.direction, "train"))
+
+
+def with_tag(vocabulary: Vocabulary) -> Vocabulary:
+    """`vocabulary` with BT_TAG as its last id; no text tokenizes to it (the word tokenizer splits
+    "<", "bt", ">"; SentencePiece has no such piece), so only the training data puts it first."""
+    if BT_TAG in vocabulary.tokens:
+        return vocabulary
+    return Vocabulary([*vocabulary.tokens, BT_TAG], vocabulary.tokenizer)
+
+
+def sampling(vocabulary: Vocabulary, alpha: float) -> Vocabulary:
+    """The same ids, with a tokenizer that samples each segmentation (subword regularisation)."""
+    tokenizer = vocabulary.tokenizer
+    if not isinstance(tokenizer, SentencePieceTokenizer):
+        raise SettingsError(
+            f"sp_sampling_alpha needs a sentencepiece vocabulary, not {tokenizer.kind}"
+        )
+    return Vocabulary(vocabulary.tokens, SampledSentencePiece(tokenizer, alpha))
+
+
+def encode_pairs(
+    source: Vocabulary, target: Vocabulary, pairs: list[tuple[str, str]]
+) -> list[Example]:
+    """Text pairs -> (source ids ending with END, START target ids END)."""
+    return [(source_ids(source, s), target.encode(t, add_start_end=True)) for s, t in pairs]
+
+
 class TranslationTask:
-    """Examples are (source ids ending with END, START target ids END) pairs."""
+    """Examples are (source ids ending with END, START target ids END) pairs; back-translated
+    training pairs start with BT_TAG, and with sp_sampling_alpha each epoch has its own
+    segmentation of the training text (validation's is always the deterministic one)."""
 
     kind = "translator"
 
@@ -196,33 +264,47 @@ class TranslationTask:
         }
         self.manifest_sha256 = manifest_checksum(files["train"][0])
         self.pairs = {s: load_aligned(*files[s]) for s in ("train", "valid")}
-        self.source = self._vocabulary("source", [p[0] for p in self.pairs["train"]])
-        self.target = self._vocabulary("target", [p[1] for p in self.pairs["train"]])
+        self.synthetic = synthetic_pairs(settings)
+        train = self.pairs["train"] + self.synthetic  # the vocabularies see all training text
+        self.source = self._vocabulary("source", [p[0] for p in train])
+        self.target = self._vocabulary("target", [p[1] for p in train])
         torch.manual_seed(settings.seed)
         self.model = build_translator(settings, len(self.source), len(self.target))
         self.examples = {s: self._encode(s) for s in ("train", "valid")}
+        self.encoded_epoch = 0  # whose segmentation examples["train"] holds
 
     def _vocabulary(self, name: str, texts: list[str]) -> Vocabulary:
         path = self.settings.run_dir / f"vocab.{name}.json"
         if self.settings.resume and path.is_file():
             return Vocabulary.load(path)
         vocabulary = build_vocabulary(texts, self.settings)
+        if name == "source" and self.synthetic:
+            vocabulary = with_tag(vocabulary)
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.is_main:  # each process builds the same one; one writes it
             vocabulary.save(path)
         return vocabulary
 
-    def _encode(self, split: str) -> list[tuple[list[int], list[int]]]:
-        encoded = [
-            (source_ids(self.source, s), self.target.encode(t, add_start_end=True))
-            for s, t in self.pairs[split]
+    def _encode(self, split: str, epoch: int = 0) -> list[Example]:
+        """A split's examples; "train" adds the tagged synthetic pairs, drops pairs over
+        max_tokens and, with sp_sampling_alpha, draws the segmentation of `epoch` (the same
+        for the same seed and epoch, on every process and after a resume)."""
+        if split != "train":
+            return encode_pairs(self.source, self.target, self.pairs[split])
+        source, target, alpha = self.source, self.target, self.settings.sp_sampling_alpha
+        if alpha > 0:
+            seed_sampling(self.settings.seed * 1_000_003 + epoch)
+            source, target = sampling(source, alpha), sampling(target, alpha)
+        tag = self.source.id_of(BT_TAG)
+        encoded = encode_pairs(source, target, self.pairs["train"]) + [
+            ([tag, *s], t) for s, t in encode_pairs(source, target, self.synthetic)
         ]
-        if split == "train":
-            limit = self.settings.max_tokens
-            encoded = [(s, t) for s, t in encoded if len(s) <= limit and len(t) <= limit + 1]
-        return encoded
+        limit = self.settings.max_tokens
+        return [(s, t) for s, t in encoded if len(s) <= limit and len(t) <= limit + 1]
 
     def batches(self, split: str, epoch: int) -> list[list[int]]:
+        if split == "train" and self.settings.sp_sampling_alpha > 0 and epoch != self.encoded_epoch:
+            self.examples["train"], self.encoded_epoch = self._encode("train", epoch), epoch
         lengths = [max(len(s), len(t)) for s, t in self.examples[split]]
         return example_batches(lengths, split, epoch, self.settings.batch_size, self.settings.seed)
 
@@ -262,6 +344,10 @@ class TranslationTask:
             "data_dir": s.data_dir,
             "direction": s.direction,
             "manifest_sha256": self.manifest_sha256,
+            "train_pairs": len(self.pairs["train"]),
+            "synthetic_pairs": len(self.synthetic),
         }
+        if self.synthetic:
+            data.update(synthetic_dir=s.synthetic_dir, synthetic_tag=BT_TAG)
         vocabularies = {"source": self.source, "target": self.target}
         save_model(directory, self.model, vocabularies, {**metadata, "data": data})
