@@ -1,4 +1,4 @@
-"""Average the weights of a run's last snapshots into a saved model directory (checkpoint averaging,
+r"""Average the weights of a run's last snapshots into a saved model directory (checkpoint averaging,
 as in Vaswani et al. 2017): `training.evaluate` and `training.export` read it as they read `best/`.
 
     python -m training.train_translator --preset large        # keeps 5 snapshots in runs/<name>/snapshots

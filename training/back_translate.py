@@ -1,4 +1,4 @@
-"""Back-translation (Sennrich et al. 2016): monolingual text through a saved translator into
+r"""Back-translation (Sennrich et al. 2016): monolingual text through a saved translator into
 line-aligned synthetic pairs, for `train_translator --synthetic-dir` in the other direction.
 
     python -m training.back_translate --model runs/translator_de_en/best --input mono.de \
