@@ -39,7 +39,8 @@ browser:
 	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "chromium could not be installed: the browser tests will be skipped"
 
-# The benchmarks (bench/README.md): serving, decoding, start and size, training; about 25 min.
+# The benchmarks (bench/README.md): serving (with each server's framework ceiling), decoding, start
+# and size, training; about 33 min.
 # Results in bench/results/. Timings are only meaningful on an otherwise idle machine.
 bench: install
 	$(PY) -m bench.decode
@@ -56,7 +57,8 @@ gpu-check: install
 	else echo "gpu-check: torch sees no CUDA device here; nothing to check (run it on a GPU host)"; fi
 
 # Opt-in load run, not part of `make test` (docs/reliability.md): its own server, capacity, a
-# steady run at capacity, twice capacity, recovery; about 4 min. e.g. LOAD_ARGS="--duration 60".
+# steady run at capacity, twice capacity (goodput: 200s/s over capacity, at least 0.8), recovery;
+# about 4 min. e.g. LOAD_ARGS="--duration 60".
 LOAD_ARGS ?=
 .PHONY: test-load
 test-load: install

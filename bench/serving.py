@@ -1,5 +1,7 @@
 """Serving throughput and latency over real HTTP: our BentoML service vs the in-process limit vs
-a plain FastAPI server, for captions and translations at several concurrencies.
+a plain FastAPI server, for captions and translations at several concurrencies, each server beside
+its framework ceiling: the same server with routes that do no model work (bench/serving_noop.py,
+with our middleware on and off; bench/simple_server.py --noop).
 
 Usage: python -m bench.serving [--models pretrained] [--concurrency 1 8 32 64] [--duration 8]
        [--repeats 2] [--out bench/results/serving.json]
@@ -7,8 +9,10 @@ Usage: python -m bench.serving [--models pretrained] [--concurrency 1 8 32 64] [
 Both servers run as their own processes; the load comes from this process (the harness's aiohttp
 client, one greedy request per call: a 640x480 JPEG, or one English test sentence). The limit is
 the same models called in this process on pre-batched inputs (decoding and preprocessing
-included, no HTTP, best of several batch sizes). Sides alternate within each repeat; medians are
-reported. Prints a markdown table, writes JSON and a PNG plot of throughput against concurrency.
+included, no HTTP, best of several batch sizes). Each server with models is also reported as a
+fraction of its combined limit 1 / (1/a + 1/b): a the all-cores limit, b its framework ceiling at
+the same concurrency. Sides alternate within each repeat; medians are reported. Prints a markdown
+table, writes JSON and a PNG plot of throughput against concurrency.
 Parts: bench/serving_limit.py, bench/serving_load.py, bench/serving_report.py.
 """
 

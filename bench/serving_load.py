@@ -1,4 +1,5 @@
-"""The HTTP side of `bench.serving`: both servers started, and one cell of closed-loop load."""
+"""The HTTP side of `bench.serving`: the servers started (ours and the plain one, each beside its
+framework ceiling: the same stack with no model work), and one cell of closed-loop load."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +15,53 @@ import httpx
 
 from bench import common
 from harness.load import Request, caption_request, closed_loop, translate_request
-from harness.server import Server
+from harness.server import Server, free_port
 
-SIDES = ("bentoml", "simple")
+SIDES = ("bentoml", "simple", "bentoml_noop", "bentoml_noop_bare", "simple_noop")
+# the servers with models, and the framework ceiling each one's throughput is combined with
+CEILING_OF = {"bentoml": "bentoml_noop", "simple": "simple_noop"}
+NOOP_TARGETS = {  # bench/serving_noop.py: our middleware on, and off
+    "bentoml_noop": "bench.serving_noop:NoopServe",
+    "bentoml_noop_bare": "bench.serving_noop:BareNoopServe",
+}
 
 
 def start_servers(
     args: argparse.Namespace, dirs: dict[str, Path], workdir: Path, stack: contextlib.ExitStack
 ) -> dict[str, Server]:
-    """Our service (every worker ready) and then the plain server, each stopped with `stack`."""
+    """Every side's server, in SIDES order, each ready (every worker) and stopped with `stack`."""
     home = workdir / "bentoml"
     common.make_store(dirs, home)
     service_env = dict(kv.split("=", 1) for kv in args.service_env)
     service_env.update(BENTOML_HOME=str(home), SEQSERVE_DEVICE=args.device)
     if args.device == "cpu":
         service_env.setdefault("SEQSERVE_GPUS", "0")
-    ours = stack.enter_context(Server.bentoml(home, workdir / "bentoml.log", service_env))
-    ours.wait_ready()
-    simple = common.simple_server(
-        dirs, workdir / "simple.log", args.device, args.autocast, args.simple_threads
+
+    def ready(server: Server) -> Server:  # one at a time: each start is timed alone
+        stack.enter_context(server).wait_ready()
+        return server
+
+    servers = {"bentoml": ready(Server.bentoml(home, workdir / "bentoml.log", service_env))}
+    servers["simple"] = ready(
+        common.simple_server(
+            dirs, workdir / "simple.log", args.device, args.autocast, args.simple_threads
+        )
     )
-    stack.enter_context(simple).wait_ready()
-    return {"bentoml": ours, "simple": simple}
+    for side, target in NOOP_TARGETS.items():
+        log = workdir / f"{side}.log"
+        servers[side] = ready(Server.bentoml(home, log, service_env, target=target, name=side))
+    servers["simple_noop"] = ready(simple_noop_server(dirs, workdir / "simple_noop.log"))
+    return servers
+
+
+def simple_noop_server(dirs: dict[str, Path], log: Path) -> Server:
+    """bench/simple_server.py --noop: the plain server's framework ceiling."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "bench.simple_server", "--noop", "--port", str(port),
+        "--captioner", str(dirs["captioner"]), "--translator", str(dirs["translator"]),
+    ]  # fmt: skip
+    return Server.start("simple_noop", command, port, log, ready_path="/healthz")
 
 
 def requests_for(endpoint: str, count: int) -> list[Request]:

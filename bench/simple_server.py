@@ -45,11 +45,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--autocast", default="none", choices=("none", "bf16", "fp16"), help="(default: none)"
     )
+    parser.add_argument(
+        "--noop",
+        action="store_true",
+        help="the same endpoints without models or model work: its framework ceiling (default: off)",
+    )
     return parser
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
     """The FastAPI app: /caption (multipart `image`), /translate (JSON), /healthz."""
+    if args.noop:
+        return noop_app()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,6 +82,25 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         with torch.inference_mode(), precision(device, args.autocast):
             found = translate(translator.model, source, request.sentences, OPTIONS)
         return {"translations": [target.decode(h[0].tokens) for h in found]}
+
+    return app
+
+
+def noop_app() -> FastAPI:
+    """The endpoints of `build_app` answering at once: the upload is parsed but not read."""
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/caption")
+    def caption(image: UploadFile = File(...)) -> dict[str, str]:  # noqa: B008 - FastAPI idiom
+        return {"caption": "a house with a red roof"}
+
+    @app.post("/translate")
+    def translate_sentences(request: TranslateRequest) -> dict[str, list[str]]:
+        return {"translations": request.sentences}
 
     return app
 

@@ -20,6 +20,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_MODULE = "_bentoml_impl.worker.service"  # what a BentoML worker process runs
 READY_LINE = "all models ready"  # the service logs it once per worker (service/runtime.py)
+SERVICE = "service.service:SeqServe"
 
 
 def free_port() -> int:
@@ -110,8 +111,17 @@ class Server:
         return cls(name, url, process, log, ready_path, ready_line, workers, launched)
 
     @classmethod
-    def bentoml(cls, home: Path, log: Path, env: dict[str, str] | None = None) -> Self:
-        """`bentoml serve` of the service over the BentoML store in `home`, on a free port.
+    def bentoml(
+        cls,
+        home: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        target: str = SERVICE,
+        name: str = "bentoml",
+    ) -> Self:
+        """`bentoml serve` of `target` (the service, or another that logs READY_LINE once per
+        worker, e.g. bench/serving_noop.py's) over the BentoML store in `home`, on a free port.
 
         The server gets a BentoML home of its own whose `models` is `home`'s: `bentoml serve`
         empties `$BENTOML_HOME/prometheus_multiproc_dir` when it starts, which would wipe the
@@ -120,12 +130,10 @@ class Server:
         (private / "models").symlink_to(Path(home).resolve() / "models")
         env = {**(env or {}), "BENTOML_HOME": str(private)}
         port = free_port()
-        command = [sys.executable, "-m", "bentoml", "serve", "service.service:SeqServe"]
+        command = [sys.executable, "-m", "bentoml", "serve", target]
         command += ["--host", "127.0.0.1", "--port", str(port)]
         workers = service_workers(env)
-        server = cls.start(
-            "bentoml", command, port, log, env, ready_line=READY_LINE, workers=workers
-        )
+        server = cls.start(name, command, port, log, env, ready_line=READY_LINE, workers=workers)
         server.private_home = private
         return server
 

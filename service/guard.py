@@ -1,5 +1,6 @@
-"""ASGI middleware in front of the API routes: media types, body size, in-flight cap, form checks
-(no unknown or repeated fields), and one JSON error shape for the errors BentoML itself answers."""
+"""ASGI middleware in front of the API routes: media types, body size, form checks (no unknown or
+repeated fields), and one JSON error shape for the errors BentoML itself answers. The cap on
+requests in flight is the door in front of it (service/admission.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
 from service.errors import RequestError, rewrite_error, unknown_field
-from service.metrics import metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,9 +45,8 @@ class RequestGuard:
     error shapes; here each of those becomes one JSON error with a 4xx status.
     """
 
-    def __init__(self, app: ASGIApp, routes: dict[str, RouteRule], max_in_flight: int) -> None:
-        self.app, self.routes, self.max_in_flight = app, routes, max_in_flight
-        self.in_flight = 0
+    def __init__(self, app: ASGIApp, routes: dict[str, RouteRule]) -> None:
+        self.app, self.routes = app, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rule = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -64,31 +63,15 @@ class RequestGuard:
             )
             await refused.response()(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
-            refused = RequestError(
-                "too many requests in flight; retry",
-                code="too_many_requests",
-                status=429,
-                headers={"Retry-After": "1"},
-            )
+        try:
+            body = await self._checked_body(scope, receive, rule)
+        except RequestError as refused:
             await refused.response()(scope, receive, send)
             return
-        self.in_flight += 1
-        gauge = metrics().in_flight.labels(scope["path"])
-        gauge.inc()
-        try:
-            try:
-                body = await self._checked_body(scope, receive, rule)
-            except RequestError as refused:
-                await refused.response()(scope, receive, send)
-                return
-            if body is None:  # the client disconnected
-                return
-            with body:
-                await self.app(scope, _replay(body, receive), _error_rewriter(send, rule.schema))
-        finally:
-            self.in_flight -= 1
-            gauge.dec()
+        if body is None:  # the client disconnected
+            return
+        with body:
+            await self.app(scope, _replay(body, receive), _error_rewriter(send, rule.schema))
 
     async def _checked_body(
         self, scope: Scope, receive: Receive, rule: RouteRule

@@ -7,7 +7,7 @@ nothing here imports torch or loads a model; the worker does both in `__init__`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from service.access import (
     api_key_options,
     cors_options,
 )
+from service.admission import Admission, refusal_app
 from service.demo_app import demo_app
 from service.errors import QuietValidationErrors, answers_errors
 from service.guard import RequestGuard, RouteRule
@@ -88,7 +89,7 @@ class SeqServe:
 
     # declared for `bentoml build`, which packs them into the bento; loaded by the tasks
     captioner_model = bentoml.models.BentoModel(store_tag(SETTINGS.captioner))
-    translator_model = bentoml.models.BentoModel(store_tag(SETTINGS.translator_names[0]))
+    translator_model = bentoml.models.BentoModel(store_tag(SETTINGS.translator_store_models[0]))
 
     def __init__(self) -> None:
         # imported here: torch loads in the serving worker, never in BentoML's parent process
@@ -230,7 +231,7 @@ def _amend_document(document: dict[str, Any]) -> None:
     bentoml.get_current_service().amend_document(document)
 
 
-def _route_rules() -> dict[str, RouteRule]:
+def _route_rules(service: bentoml.Service) -> dict[str, RouteRule]:
     small = SETTINGS.translate_body_bytes  # JSON bodies
     limits = {
         "caption": SETTINGS.caption_body_bytes,
@@ -243,7 +244,7 @@ def _route_rules() -> dict[str, RouteRule]:
         "model_info": small,
     }
     rules = {}
-    for name, api in SeqServe.apis.items():
+    for name, api in service.apis.items():
         spec = api.input_spec
         files = frozenset(spec.multipart_fields)
         media = "multipart/form-data" if files else "application/json"
@@ -254,23 +255,30 @@ def _route_rules() -> dict[str, RouteRule]:
     return rules
 
 
+def add_middleware(service: bentoml.Service, amend: Callable[[dict[str, Any]], None]) -> None:
+    """Ours in front of `service`'s API routes, outermost first: the door (which stands in front
+    of BentoML's own middleware once the app starts), a request ID on every answer, CORS
+    (preflights need no key), API keys, the guard, the API document. bench/serving_noop.py puts
+    the same in front of routes that do no model work."""
+    routes = [api.route for api in service.apis.values()]
+    id_routes = [*routes, *HEALTH_PATHS, METRICS_PATH]
+    cors, keys = cors_options(SETTINGS), api_key_options(SETTINGS)
+    limit = SETTINGS.in_flight_limit()
+    refusal = refusal_app(limit)  # with the request ID and CORS headers every answer gets
+    refusal = RequestIds(refusal if cors is None else CORSMiddleware(refusal, **cors), id_routes)
+    service.add_asgi_middleware(Admission, routes=routes, limit=limit, refusal=refusal)
+    service.add_asgi_middleware(RequestIds, routes=id_routes)
+    if cors is not None:
+        service.add_asgi_middleware(CORSMiddleware, **cors)
+    service.add_asgi_middleware(ApiKeys, **keys)
+    service.add_asgi_middleware(RequestGuard, routes=_route_rules(service))
+    service.add_asgi_middleware(
+        OpenAPIDocument, api_paths=routes, with_keys=bool(keys["keys"]), amend=amend
+    )
+
+
 for _api in SeqServe.apis.values():
     _api.input_spec = strict_input(_api.input_spec)  # unknown fields: 400, not ignored
-# outermost first: every answer has a request ID; CORS preflights need no key; then the guard
-_routes = [api.route for api in SeqServe.apis.values()]
-SeqServe.add_asgi_middleware(RequestIds, routes=[*_routes, *HEALTH_PATHS, METRICS_PATH])
-if (_cors := cors_options(SETTINGS)) is not None:
-    SeqServe.add_asgi_middleware(CORSMiddleware, **_cors)
-_keys = api_key_options(SETTINGS)
-SeqServe.add_asgi_middleware(ApiKeys, **_keys)
-SeqServe.add_asgi_middleware(
-    RequestGuard, routes=_route_rules(), max_in_flight=SETTINGS.max_in_flight
-)
-SeqServe.add_asgi_middleware(
-    OpenAPIDocument,
-    api_paths=_routes,
-    with_keys=bool(_keys["keys"]),
-    amend=_amend_document,
-)
+add_middleware(SeqServe, _amend_document)
 SeqServe.mount_asgi_app(Starlette(routes=[Route("/models", _model_info)]), path="/")
 SeqServe.mount_asgi_app(demo_app(), path="/demo")

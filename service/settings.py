@@ -17,14 +17,13 @@ class Settings:
     # store models, each "name" (its latest version) or "name:version" (pinned)
     captioner: str = "captioner"
     captioner_de: str = "captioner_de"  # optional: answers language "de" when in the store
-    translators: str = "translator"  # comma-separated; the first is the default
+    translators: str = "translator"  # comma-separated; the first is the default; a+b: an ensemble
     language_model: str = "charlm"  # optional: served when in the store; "" turns it off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     access_log: bool = True  # BentoML's log line per request; costs CPU under load
     workers: int = 0  # serving processes, each with its own models and batch queue; 0: auto
     torch_threads: int = 0  # per worker; 0: its share of the CPUs, less one for requests
     api_threads: int = 64  # BentoML threads: requests being decoded or waiting on a batch
-    max_in_flight: int = 128  # API requests at once; more answer 429
     request_timeout_s: float = 60.0
     gpus: float = 1.0  # what `resources` asks for; a CPU-only host still starts (see docs)
     max_batch_images: int = 32  # rows per batched forward
@@ -42,6 +41,8 @@ class Settings:
     api_keys_file: str = ""  # a file of keys, one a line ('#' starts a comment)
     open_health: bool = True  # with keys: /livez, /readyz, /healthz answer without one
     open_metrics: bool = False  # with keys: /metrics answers without one
+    # -- overload: the door in front of the API routes (service/admission.py) --
+    max_in_flight: int = 0  # API calls at once per worker, more answer 429 unread; 0: auto
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -71,9 +72,23 @@ class Settings:
             return 1
         return min(2, len(os.sched_getaffinity(0)))
 
+    def in_flight_limit(self) -> int:
+        """MAX_IN_FLIGHT, or when 0: enough one-input calls to fill the batch that runs and the
+        next (twice the larger of MAX_BATCH_IMAGES and MAX_BATCH_SENTENCES), but no more than
+        API_THREADS: a call without a thread waits outside the batch queue, holding its body."""
+        if self.max_in_flight > 0:
+            return self.max_in_flight
+        return min(self.api_threads, 2 * max(self.max_batch_images, self.max_batch_sentences))
+
     @property
     def translator_names(self) -> list[str]:
         return _items(self.translators)
+
+    @property
+    def translator_store_models(self) -> list[str]:
+        """The store models the translators need: each ensemble's members, once each, in order."""
+        members = [m for name in self.translator_names for m in ensemble_members(name)]
+        return list(dict.fromkeys(members))
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -98,6 +113,23 @@ class Settings:
 def store_tag(model: str) -> str:
     """A model setting as a store tag: "name" -> "name:latest"; "name:version" stays."""
     return model if ":" in model else f"{model}:latest"
+
+
+# -- ensembles: a TRANSLATORS entry "a+b" decodes with store models a and b averaged --------
+
+ENSEMBLE_JOIN = "+"  # never part of a store tag, so "a+b" cannot name one model
+
+
+def ensemble_members(model: str) -> list[str]:
+    """A TRANSLATORS entry's store models: "a+b:v2" -> ["a", "b:v2"]; one model -> [model].
+    ValueError for an empty member ("a+", "a++b")."""
+    members = [member.strip() for member in model.split(ENSEMBLE_JOIN)]
+    if "" in members:
+        raise ValueError(
+            f"{model!r}: an ensemble is store models joined by {ENSEMBLE_JOIN!r}, each a name or "
+            "name:version, e.g. translator+translator_seed2"
+        )
+    return members
 
 
 def _items(value: str) -> list[str]:

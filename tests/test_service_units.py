@@ -407,49 +407,6 @@ def test_autocast_that_changes_the_golden_output_falls_back_to_fp32(
         assert served.autocast or "serving it in fp32" in caplog.text
 
 
-def test_guard_answers_429_over_the_in_flight_cap() -> None:
-    import asyncio
-
-    from service.guard import RequestGuard, RouteRule
-
-    release = asyncio.Event()
-
-    async def slow_app(scope, receive, send):
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    rule = RouteRule(frozenset({"application/json"}), 1000, frozenset(), {})
-    guard = RequestGuard(slow_app, {"/translate": rule}, max_in_flight=1)
-
-    async def call() -> int:
-        sent = []
-
-        async def receive():
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/translate",
-            "headers": [(b"content-type", b"application/json")],
-        }
-        await guard(scope, receive, send)
-        return sent[0]["status"]
-
-    async def scenario() -> list[int]:
-        first = asyncio.create_task(call())
-        await asyncio.sleep(0.01)
-        second = await call()
-        release.set()
-        return [await first, second]
-
-    assert asyncio.run(scenario()) == [200, 429]
-
-
 # -- issue 17: settings, the queue's report, request IDs in log lines ------------------------
 
 
