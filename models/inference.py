@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from models.captioner import Captioner
+from models.ensemble import TranslatorEnsemble
 from models.search import Hypothesis, SearchOptions, decode
 from models.translator import Translator
 from models.vocabulary import END, PAD, Vocabulary
@@ -67,9 +68,10 @@ def caption_features(
 
 @torch.inference_mode()
 def translate_ids(
-    model: Translator, sources: Sequence[Sequence[int]], options: SearchOptions
+    model: Translator | TranslatorEnsemble, sources: Sequence[Sequence[int]], options: SearchOptions
 ) -> list[list[Hypothesis]]:
-    """Source id lists (each ending with END) -> hypotheses per sentence, best first."""
+    """Source id lists (each ending with END) -> hypotheses per sentence, best first; an
+    ensemble decodes like one translator (its decoder steps every member)."""
     device = next(model.parameters()).device
     ids, lengths = pad_batch(sources, device)
     return decode(
@@ -78,7 +80,10 @@ def translate_ids(
 
 
 def translate(
-    model: Translator, vocabulary: Vocabulary, sentences: Sequence[str], options: SearchOptions
+    model: Translator | TranslatorEnsemble,
+    vocabulary: Vocabulary,
+    sentences: Sequence[str],
+    options: SearchOptions,
 ) -> list[list[Hypothesis]]:
     """Sentences -> hypotheses per sentence, best first."""
     return translate_ids(model, [source_ids(vocabulary, s) for s in sentences], options)

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_model
+from models.ensemble import TranslatorEnsemble, check_members_agree
+from models.inference import translate
+from models.search import SearchOptions
 from models.vocabulary import Vocabulary
-from service.settings import store_tag
+from service.settings import ENSEMBLE_JOIN, ensemble_members, store_tag
 
 GOLDEN = "golden.json"
 # vocabulary file names tried in order (vocab.<name>.json); a single vocabulary serves every role
@@ -41,21 +44,27 @@ class ServedModel:
     autocast: bool = False  # bf16 autocast on CUDA; switched off if it changes the golden output
     language: str = ""  # the output language its training settings name, when they name one
     source_language: str = ""  # a translator's input language, from its training direction
+    members: list[ServedModel] = field(default_factory=list)  # an ensemble's models; [] for one
 
     @property
     def attention(self) -> str:
-        return str(_decoder_config(self.model.config).attention)
+        return _agreed([str(_decoder_config(m.model.config).attention) for m in self.parts])
+
+    @property
+    def parts(self) -> list[ServedModel]:
+        """The single models it decodes with: an ensemble's members, else itself."""
+        return self.members or [self]
 
     def info(self) -> dict[str, Any]:
-        """What GET /models reports about this model."""
-        config = self.model.config
+        """What GET /models reports about this model; an ensemble adds its members' own."""
+        config = self.parts[0].model.config
         return {
             "name": self.name,
             "tag": self.tag,
             "configured": self.configured,
             "kind": self.kind,
             "attention": self.attention,
-            "cell": _decoder_config(config).cell,
+            "cell": _agreed([_decoder_config(m.model.config).cell for m in self.parts]),
             "vocab_size": {
                 "target": len(self.target),
                 **({"source": len(self.source)} if self.source is not None else {}),
@@ -78,6 +87,7 @@ class ServedModel:
                 else {}
             ),
             "scores": self.scores,
+            **({"members": [m.info() for m in self.members]} if self.members else {}),
         }
 
 
@@ -99,7 +109,10 @@ def load_served_model(
     model: str, kind: str, with_source: bool, device: torch.device
 ) -> ServedModel:
     """Load `model` ("name": its latest version, or "name:version") from the store, checksums
-    verified (ChecksumError on a mismatch); a source vocabulary as well `with_source`."""
+    verified (ChecksumError on a mismatch); a source vocabulary as well `with_source`.
+    "a+b" loads an ensemble (`load_served_ensemble`)."""
+    if ENSEMBLE_JOIN in model:
+        return load_served_ensemble(model, kind, with_source, device)
     import bentoml  # imported here: the parent `bentoml serve` process never needs it loaded
 
     try:
@@ -135,6 +148,84 @@ def load_served_model(
         language=language,
         source_language=source_language,
     )
+
+
+def load_served_ensemble(
+    model: str, kind: str, with_source: bool, device: torch.device
+) -> ServedModel:
+    """Load the members of `model` ("a+b", each "name" or "name:version") as one translator.
+
+    They must agree on languages and vocabularies (ArtifactError naming the members and what
+    differs), and each must still translate its own golden sentence as recorded (checked here,
+    directly, in fp32). The ensemble's golden is its own fp32 translation of the first member's
+    golden sentence: the service's check then shows that the batched serving path, under its
+    precision, answers as the plain decode does.
+    """
+    try:
+        names = ensemble_members(model)
+    except ValueError as error:
+        raise ArtifactError(str(error)) from None
+    if kind != "translator":
+        raise ArtifactError(f"{model!r}: only translators can be ensembled, not a {kind}")
+    members = [load_served_model(name, kind, with_source, device) for name in names]
+    _check_members(model, members)
+    for member in members:
+        output = _golden_translation(member)
+        if output != member.golden["output"]:
+            raise ArtifactError(
+                f"{member.tag} (in {model!r}): golden check failed: expected "
+                f"{member.golden['output']!r}, got {output!r}"
+            )
+    first = members[0]
+    served = ServedModel(
+        name=model,
+        tag=ENSEMBLE_JOIN.join(m.tag for m in members),
+        configured=model,
+        kind=kind,
+        model=TranslatorEnsemble([m.model for m in members]),
+        target=first.target,
+        source=first.source,
+        path=first.path,
+        golden={k: v for k, v in first.golden.items() if k != "output"},
+        autocast=first.autocast,
+        language=first.language,
+        source_language=first.source_language,
+        members=members,
+    )
+    served.golden["output"] = _golden_translation(served)
+    return served
+
+
+def _check_members(model: str, members: list[ServedModel]) -> None:
+    """ArtifactError, naming every disagreement, unless the members of `model` agree on
+    languages and vocabularies."""
+    agreements = {
+        "source language": [m.source_language for m in members],
+        "target language": [m.language for m in members],
+        "source vocabulary": [m.source for m in members],
+        "target vocabulary": [m.target for m in members],
+    }
+    problems = []
+    for what, values in agreements.items():
+        try:
+            check_members_agree(what, dict(zip([m.tag for m in members], values, strict=True)))
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise ArtifactError(f"{model!r}: {'; '.join(problems)}")
+
+
+def _golden_translation(served: ServedModel) -> str:
+    """A translator's output for its golden sentence, decoded directly (no batcher)."""
+    golden = served.golden
+    options = SearchOptions(**golden.get("options", {}))
+    ((best, *_),) = translate(served.model, served.source, [golden["input"]], options)
+    return served.target.decode(best.tokens)
+
+
+def _agreed(values: list[str]) -> str:
+    """The value every member has, or "mixed"."""
+    return values[0] if len(set(values)) == 1 else "mixed"
 
 
 def languages(settings: dict[str, Any]) -> tuple[str, str]:

@@ -121,7 +121,9 @@ class InspectResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     """One loaded model. Captioners add image_encoder, uncertainty_fitted and language;
-    translators add source_language and target_language when their training named them."""
+    translators add source_language and target_language when their training named them; an
+    ensemble ("a+b") adds `members`, each member's own entry, and its attention or cell is
+    "mixed" where its members' differ."""
 
     model_config = ConfigDict(extra="allow")
 

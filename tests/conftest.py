@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CAPTIONS, CAPTIONS_DE
+from tests.helpers import CAPTIONS, CAPTIONS_DE, GOLDEN_OPTIONS, SOURCE_TEXT, TARGET_TEXT
 from tests.serving import Server, start_server
 
 # Tests run torch on one thread: tiny models are fastest there, and two OpenMP threads spinning
@@ -32,19 +32,6 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(__file__).parent / "fixtures" / "images"
-GOLDEN_OPTIONS = {"method": "greedy", "max_length": 12}
-SOURCE_TEXT = [
-    "the cat sits on the mat .",
-    "a dog runs in the park .",
-    "I like green tea and pizza .",
-    "where is the station ?",
-]
-TARGET_TEXT = [
-    "die Katze sitzt auf der Matte .",
-    "ein Hund rennt im Park .",
-    "ich mag grünen Tee und Pizza .",
-    "wo ist der Bahnhof ?",
-]
 LM_TEXT = 'The cat sat on the mat. (A dog ran) "in the park".\nWhere is the station?\n'
 
 

@@ -58,3 +58,19 @@ def random_captioner(seed: int = 0, attention: str = "additive", image_size: int
         attention=attention,
     )
     return Captioner(config, pretrained=False).eval()
+
+
+# the tiny models' text and golden options (tests/conftest.py builds the store from them)
+GOLDEN_OPTIONS = {"method": "greedy", "max_length": 12}
+SOURCE_TEXT = [
+    "the cat sits on the mat .",
+    "a dog runs in the park .",
+    "I like green tea and pizza .",
+    "where is the station ?",
+]
+TARGET_TEXT = [
+    "die Katze sitzt auf der Matte .",
+    "ein Hund rennt im Park .",
+    "ich mag grünen Tee und Pizza .",
+    "wo ist der Bahnhof ?",
+]

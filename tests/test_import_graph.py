@@ -126,3 +126,27 @@ def test_a_cycle_through_a_type_only_import_is_found(tmp_path: Path) -> None:
     assert cycle is not None and set(cycle) == {"service.runtime", "service.language"}
     (package / "language.py").write_text("import json\n")
     assert find_cycle(import_graph(tmp_path, ("service",))) is None
+
+
+def test_no_test_imports_the_conftest() -> None:
+    """pytest loads tests/conftest.py as its own module; `import tests.conftest` runs it a second
+    time, which makes a second temporary store and points BENTOML_HOME at it, so every later
+    `bentoml serve` looks in an empty store. Shared constants live in tests/helpers.py; commands
+    run outside pytest (tests/reliability/load.py) may use the conftest's store builder."""
+    tests = Path(__file__).parent
+    in_pytest = [
+        path
+        for path in sorted(tests.rglob("*.py"))
+        if 'if __name__ == "__main__":' not in path.read_text(encoding="utf-8")
+    ]
+    offenders = [
+        path.name
+        for path in in_pytest
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        and any(
+            name == "tests.conftest"
+            for name in [getattr(node, "module", None), *(a.name for a in node.names)]
+        )
+    ]
+    assert offenders == []

@@ -2,6 +2,7 @@
 
 python -m training.evaluate --model runs/captioner_default/best --split test
 python -m training.evaluate --model runs/translator_default/best --baseline runs/translator_noattn/best
+python -m training.evaluate --model runs/translator_seed1/best --ensemble runs/translator_seed2/best
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from models.atomic import write_text
 from models.checkpoint import LoadedModel, load_model
+from models.ensemble import TranslatorEnsemble, check_members_agree
 from models.inference import precision
 from models.search import SearchOptions
 from training.captioning import load_caption_splits
@@ -26,6 +28,7 @@ from training.errors import run_main
 from training.features import FeatureCache
 from training.metrics import caption_scores, translation_scores
 from training.predict import caption_texts, translate_texts
+from training.settings import SettingsError
 
 METHODS = {"greedy": 1, "beam3": 3, "beam5": 5}
 SPLITS = ("train", "valid", "test", "test_style", "test_composite")
@@ -51,6 +54,33 @@ def search_options(method: str, max_length: int) -> SearchOptions:
 def max_length_of(loaded: LoadedModel) -> int:
     """The longest output decoded: the captioner's setting, or 200 (the translator scales by source)."""
     return int(loaded.metadata.get("settings", {}).get("decode_max_length", 200))
+
+
+def load_ensemble(paths: list[Path]) -> LoadedModel:
+    """Translators over the same vocabularies and direction as one model, decoding with the mean
+    of their probabilities; its metadata is the first member's, plus "members" (their paths)."""
+    members = [(str(path), load_model(path)) for path in paths]  # a path twice: two members
+    not_translators = [f"{n} is a {m.kind}" for n, m in members if m.kind != "translator"]
+    if not_translators:
+        raise SettingsError(f"only translators can be ensembled: {', '.join(not_translators)}")
+    try:
+        for role in ("source", "target"):
+            check_members_agree(
+                f"{role} vocabulary", {n: m.vocabularies.get(role) for n, m in members}
+            )
+        check_members_agree(
+            "direction",
+            {n: m.metadata.get("settings", {}).get("direction", "") for n, m in members},
+        )
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    first = members[0][1]
+    return LoadedModel(
+        "translator",
+        TranslatorEnsemble([m.model for _, m in members]),
+        first.vocabularies,
+        {**first.metadata, "members": [n for n, _ in members]},
+    )
 
 
 def load_eval_data(
@@ -148,13 +178,31 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--model", type=Path, required=True, help="a saved model directory (required)"
     )
     parser.add_argument(
+        "--ensemble",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a translator to average with --model (same vocabularies and direction); repeat "
+        "for more members (default: none, --model alone)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         default=None,
         help="translator to compare with, e.g. attention-free (default: none; captions always get the nearest-neighbour baseline)",
     )
     parser.add_argument(
-        "--split", default="test", choices=SPLITS, help="split to score (default: test)"
+        "--split",
+        default="test",
+        help=f"split to score: captioners {', '.join(SPLITS)}; translators any <split>.<language> "
+        "pair of files, e.g. test_everyday (default: test)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="translators: score on this folder's <split>.<language> files instead of the "
+        "folder trained on (default: none)",
     )
     parser.add_argument(
         "--methods",
@@ -184,7 +232,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="JSON report (default: <model>/../eval_<split>.json)",
+        help="JSON report (default: <model>/../eval_<split>.json, or eval_<split>_ensemble.json "
+        "with --ensemble)",
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)"
@@ -204,18 +253,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
-    loaded = load_model(args.model)
-    override = {
-        k: v
-        for k, v in (("dataset", args.dataset), ("images", args.images), ("styles", args.styles))
-        if v is not None
-    }
+    loaded = (
+        load_ensemble([args.model, *args.ensemble]) if args.ensemble else load_model(args.model)
+    )
+    if loaded.kind != "translator" and args.split not in SPLITS:
+        raise SettingsError(f"--split {args.split!r}: captioners have {', '.join(SPLITS)}")
+    flags = ("dataset", "images", "styles", "data_dir")
+    override = {k: v for k in flags if (v := getattr(args, k)) is not None}
     data = load_eval_data(loaded, args.split, args.limit, args.feature_cache, override)
     with precision(next(loaded.model.parameters()).device, args.autocast):
         results, outputs = evaluate_methods(loaded, data, methods)
     report: dict[str, Any] = {
         "kind": loaded.kind,
         "model": str(args.model),
+        **({"members": loaded.metadata["members"]} if args.ensemble else {}),
         "split": args.split,
         "autocast": args.autocast,
         "examples": len(data.inputs),
@@ -234,7 +285,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         report["baseline"] = {"model": str(args.baseline), "results": base_results}
         outputs |= {f"baseline_{m}": o for m, o in base_outputs.items()}
     report["samples"] = samples(data, outputs)
-    output = args.output or args.model.parent / f"eval_{args.split}.json"
+    suffix = "_ensemble" if args.ensemble else ""
+    output = args.output or args.model.parent / f"eval_{args.split}{suffix}.json"
     write_text(output, json.dumps(report, indent=2, ensure_ascii=False))
     print(json.dumps({k: report[k] for k in ("results", "baseline") if k in report}, indent=1))
     return report

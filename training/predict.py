@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from models.captioner import Captioner
+from models.ensemble import TranslatorEnsemble
 from models.inference import caption_features, opening_with_a_word, source_ids, translate_ids
 from models.search import SearchOptions
 from models.translator import Translator
@@ -33,7 +34,7 @@ def caption_texts(
 
 
 def translate_texts(
-    model: Translator,
+    model: Translator | TranslatorEnsemble,
     source: Vocabulary,
     target: Vocabulary,
     sentences: Sequence[str],

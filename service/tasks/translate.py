@@ -45,7 +45,8 @@ class TranslateJob:
 
 
 class TranslateTask:
-    """Translates sentences with one of the configured translators; RequestError for bad input."""
+    """Translates sentences with one of the configured translators (store models, or ensembles
+    "a+b" of them, which batch and decode like one model); RequestError for bad input."""
 
     kind = "translator"
     with_source = True
