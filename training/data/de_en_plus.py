@@ -119,7 +119,7 @@ def emoji_label_pairs(download: Download) -> list[Pair]:
     return [
         p
         for p in dict.fromkeys((en, labels["de"][code]) for code, en in labels["en"].items())
-        if p[1] and keep(p)
+        if keep(p)
     ]
 
 
