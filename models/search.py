@@ -182,113 +182,170 @@ def beam_search(
     scores = torch.full((batch, k), _NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not repeat it
     prev = torch.full((batch * k,), START, dtype=torch.long, device=device)
-    history = prev.new_empty((batch * k, 0))
-    history_lps = scores.new_empty((batch * k, 0))
-    attention: Tensor | None = None
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    active = list(range(batch))  # the input behind each of the B' rows groups still searching
-    for t in range(int(limits.max())):
-        live = len(active)
+    beams = _Beams(prev.new_empty((batch * k, 0)), scores.new_empty((batch * k, 0)), None)
+    inputs = _Inputs.start(limits, k)
+    offsets = torch.arange(batch, device=device).unsqueeze(1) * k  # (B, 1) first row per input
+    may_end = torch.arange(2 * k, device=device) < k  # (2K,) an END past the K best is dropped
+    for t in range(max(inputs.limits)):
         log_probs, state = stepper.step(prev, state)  # (B'*K, V)
-        log_probs = _constrain(log_probs, t, history, options)
-        vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(live, k * vocab)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B', 2K)
-        offsets = (torch.arange(live, device=device) * k).unsqueeze(1)  # (B', 1)
-        top_rows = top_index // vocab + offsets  # (B', 2K) source row of each candidate
-        top_tokens = top_index % vocab
-        top_lps = log_probs.view(-1)[top_rows * vocab + top_tokens]  # (B', 2K)
-        at_limit = t + 1 >= limits  # (B',)
-        step = _Step(
-            history, history_lps, attention, state.attention, top_rows, top_tokens, top_lps
-        )
-
-        is_end = (top_tokens == END) & torch.isfinite(top_scores)
-        ends = is_end & (torch.arange(2 * k, device=device) < k)
-        _set_aside(finished, active, step, ends, options)
-        alive_scores, alive_pos = top_scores.masked_fill(is_end, _NEG_INF).topk(k, dim=1)  # (B', K)
-        if bool(at_limit.any()):
-            cut = torch.zeros_like(top_scores, dtype=torch.bool).scatter(1, alive_pos, True)
-            _set_aside(
-                finished,
-                active,
-                step,
-                cut & at_limit.unsqueeze(1) & torch.isfinite(top_scores),
-                options,
-            )
-        done = at_limit | _cannot_improve(
-            [finished[i] for i in active], alive_scores[:, 0], t + 2, options
-        )
-        keep = (~done).nonzero().squeeze(1)  # (B'',) inputs still searching
-        if keep.numel() == 0:
-            break
-        rows = top_rows.gather(1, alive_pos)[keep].view(-1)  # (B''*K,)
-        prev = top_tokens.gather(1, alive_pos)[keep].view(-1)
-        history = torch.cat([history[rows], prev.unsqueeze(1)], dim=1)
-        history_lps = torch.cat(
-            [history_lps[rows], top_lps.gather(1, alive_pos)[keep].view(-1, 1)], dim=1
-        )
-        attention = step.attention_for(rows)
-        scores = alive_scores[keep]
-        shrunk = keep.numel() < live
-        if shrunk:
-            active = [active[i] for i in keep.tolist()]
-            limits = limits[keep]
-        state = state.select(rows, include_static=shrunk)  # static rows of kept inputs only
-    return [sorted(f, key=lambda h: h.score, reverse=True)[: options.n_best] for f in finished]
-
-
-def _cannot_improve(
-    finished: list[list[Hypothesis]], best_alive: Tensor, length: int, options: SearchOptions
-) -> Tensor:
-    """(B,) true where K hypotheses are finished and the best live beam, ended at the shortest
-    length it can still reach, would not beat the K-th of them (live scores only fall)."""
-    k = options.beam_size
-    kth = [
-        sorted((h.score for h in f), reverse=True)[k - 1] if len(f) >= k else float("-inf")
-        for f in finished
+        log_probs = _constrain(log_probs, t, beams.tokens, options)
+        top = _Candidates.best(log_probs, scores, offsets, state.attention)
+        is_end = (top.tokens == END) & torch.isfinite(top.scores)
+        inputs.set_aside(beams, top, is_end & may_end, options)
+        alive_scores, alive_pos = top.scores.masked_fill(is_end, _NEG_INF).topk(k, dim=1)  # (B', K)
+        at_limit = inputs.at_limit(t)
+        if at_limit is not None:  # the live beams of inputs at their limit end here, truncated
+            cut = torch.zeros_like(is_end).scatter(1, alive_pos, True)
+            chosen = cut & at_limit.unsqueeze(1) & torch.isfinite(top.scores)
+            inputs.set_aside(beams, top, chosen, options)
+        done = inputs.cannot_improve(alive_scores[:, 0], t + 2, options)
+        done = done if at_limit is None else done | at_limit
+        rows, prev, lps = (x.gather(1, alive_pos) for x in (top.rows, top.tokens, top.lps))
+        scores = alive_scores
+        if bool(done.any()):  # some inputs leave the batch
+            keep = (~done).nonzero().squeeze(1)  # (B'',) inputs still searching
+            if keep.numel() == 0:
+                break
+            rows, prev, lps, scores = rows[keep], prev[keep], lps[keep], scores[keep]
+            kept = keep.tolist()
+            inputs.keep(kept)
+            state = _keep_inputs(state, kept, k)
+        rows, prev = rows.view(-1), prev.view(-1)  # (B''*K,)
+        beams = beams.extend(rows, prev, lps.view(-1), top.attention)
+        state = state.select(rows)
+    return [
+        sorted(f, key=lambda h: h.score, reverse=True)[: options.n_best] for f in inputs.finished
     ]
-    kth_scores = torch.tensor(kth, device=best_alive.device)
-    bound = best_alive / (((5.0 + length) / 6.0) ** options.length_penalty)
-    return bound <= kth_scores
+
+
+def _keep_inputs(state: DecoderState, kept: list[int], k: int) -> DecoderState:
+    """The static rows of row groups `kept` (ascending), K rows each, moved to the front of their
+    own tensors: the expanded state's, which are the search's own copies.
+
+    In place, because a fresh copy of the captioner's memory (80 MB at batch 64 x beam 5) is mostly
+    page faults, about 50 ms, where moving the kept rows forward takes a few.
+    """
+    static: dict[str, Tensor] = {}
+    for name, tensor in state.static.items():
+        groups = tensor.view(-1, k, *tensor.shape[1:])  # (B', K, ...)
+        for new, old in enumerate(kept):
+            if new != old:  # old > new: the two groups do not overlap
+                groups[new] = groups[old]
+        static[name] = tensor[: len(kept) * k]
+    return DecoderState(state.recurrent, static, state.attention)
+
+
+@dataclass
+class _Inputs:
+    """The inputs still searching, one group of K rows each, and every input's finished ones."""
+
+    finished: list[list[Hypothesis]]  # per input of the batch
+    active: list[int]  # (B',) the input behind each row group
+    limits: list[int]  # (B',) on the host too, so that a step that is no input's last needs no sync
+    limit_rows: Tensor  # (B',)
+    kth: Tensor  # (B',) score of the K-th best finished hypothesis; -inf until there are K
+    beam_size: int
+
+    @classmethod
+    def start(cls, limits: Tensor, beam_size: int) -> _Inputs:
+        batch = limits.size(0)
+        return cls(
+            [[] for _ in range(batch)],
+            list(range(batch)),
+            limits.tolist(),
+            limits,
+            torch.full((batch,), _NEG_INF, device=limits.device),
+            beam_size,
+        )
+
+    def at_limit(self, t: int) -> Tensor | None:
+        """(B',) true where step t is the input's last; None where it is no input's last."""
+        return t + 1 >= self.limit_rows if t + 1 >= min(self.limits) else None
+
+    def cannot_improve(self, best_alive: Tensor, length: int, options: SearchOptions) -> Tensor:
+        """(B',) true where K hypotheses are finished and the best live beam (B',), ended at the
+        shortest length it can still reach, would not beat the K-th of them (live scores only fall)."""
+        return best_alive / (((5.0 + length) / 6.0) ** options.length_penalty) <= self.kth
+
+    def set_aside(
+        self, beams: _Beams, top: _Candidates, chosen: Tensor, options: SearchOptions
+    ) -> None:
+        """Turn the chosen (B', 2K) candidates into finished hypotheses of their inputs."""
+        pairs = chosen.nonzero()  # (M, 2) row group, candidate
+        if len(pairs) == 0:
+            return
+        group, j = pairs.unbind(1)
+        paths = beams.extend(
+            top.rows[group, j], top.tokens[group, j], top.lps[group, j], top.attention
+        )
+        groups = group.tolist()
+        for i, (b, ids, lps) in enumerate(
+            zip(groups, paths.tokens.tolist(), paths.lps.tolist(), strict=True)
+        ):
+            attention = paths.attention[i] if paths.attention is not None else None
+            self.finished[self.active[b]].append(_hypothesis(ids, lps, attention, options))
+        k = self.beam_size
+        full = [b for b in sorted(set(groups)) if len(self.finished[self.active[b]]) >= k]
+        if full:
+            kth = [
+                sorted((h.score for h in self.finished[self.active[b]]), reverse=True)[k - 1]
+                for b in full
+            ]
+            self.kth[full] = torch.tensor(kth, device=self.kth.device)
+
+    def keep(self, kept: list[int]) -> None:
+        """Keep the row groups `kept` (ascending), the others' inputs being done."""
+        self.active = [self.active[b] for b in kept]
+        self.limits = [self.limits[b] for b in kept]
+        self.limit_rows, self.kth = self.limit_rows[kept], self.kth[kept]
 
 
 @dataclass(frozen=True)
-class _Step:
-    """The beam bookkeeping of one step, to turn chosen candidates into hypotheses."""
+class _Candidates:
+    """The 2K best continuations of each input still searching, best first."""
 
-    history: Tensor  # (B*K, t)
-    history_lps: Tensor  # (B*K, t)
-    attention: Tensor | None  # (B*K, t, S)
-    step_attention: Tensor | None  # (B*K, S)
-    rows: Tensor  # (B, 2K)
-    tokens: Tensor  # (B, 2K)
-    lps: Tensor  # (B, 2K)
+    scores: Tensor  # (B', 2K)
+    rows: Tensor  # (B', 2K) the row each extends
+    tokens: Tensor  # (B', 2K)
+    lps: Tensor  # (B', 2K) the token's own log-probability
+    attention: Tensor | None  # (B'*K, S) every row's attention weights at this step
 
-    def attention_for(self, rows: Tensor) -> Tensor | None:
-        """Attention history (N, t+1, S) of the given source rows, this step appended."""
-        if self.step_attention is None:
-            return None
-        now = self.step_attention[rows].unsqueeze(1)
-        return now if self.attention is None else torch.cat([self.attention[rows], now], dim=1)
+    @classmethod
+    def best(
+        cls, log_probs: Tensor, scores: Tensor, offsets: Tensor, attention: Tensor | None
+    ) -> _Candidates:
+        """The 2K best continuations of each input's K rows with `scores` (B', K), taken over
+        all its K*V at once; `log_probs` (B'*K, V), `offsets` (B, 1) the first row b*K."""
+        live, k = scores.shape
+        vocab = log_probs.size(1)
+        candidates = (scores.view(-1, 1) + log_probs).view(live, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B', 2K)
+        rows = top_index // vocab + offsets[:live]
+        lps = log_probs.view(live, k * vocab).gather(1, top_index)
+        return cls(top_scores, rows, top_index % vocab, lps, attention)
 
 
-def _set_aside(
-    finished: list[list[Hypothesis]],
-    active: list[int],
-    step: _Step,
-    chosen: Tensor,
-    options: SearchOptions,
-) -> None:
-    """Turn the chosen (B', 2K) candidates into finished hypotheses of their inputs
-    (`active[b]` is the input behind row group b)."""
-    for b, j in chosen.nonzero().tolist():
-        row = int(step.rows[b, j])
-        ids = [*step.history[row].tolist(), int(step.tokens[b, j])]
-        lps = [*step.history_lps[row].tolist(), float(step.lps[b, j])]
-        attention = step.attention_for(step.rows[b, j].view(1))
-        finished[active[b]].append(
-            _hypothesis(ids, lps, attention[0] if attention is not None else None, options)
+@dataclass(frozen=True)
+class _Beams:
+    """What each live row has produced so far."""
+
+    tokens: Tensor  # (N, t)
+    lps: Tensor  # (N, t)
+    attention: Tensor | None  # (N, t, S)
+
+    def extend(
+        self, rows: Tensor, tokens: Tensor, lps: Tensor, step_attention: Tensor | None
+    ) -> _Beams:
+        """The paths of `rows` (N',) followed by `tokens` and `lps` (N',) and by those rows of
+        this step's attention (N, S)."""
+        attention = None
+        if step_attention is not None:
+            now = step_attention[rows].unsqueeze(1)  # (N', 1, S)
+            attention = now if self.attention is None else torch.cat([self.attention[rows], now], 1)
+        return _Beams(
+            torch.cat([self.tokens[rows], tokens.unsqueeze(1)], dim=1),
+            torch.cat([self.lps[rows], lps.unsqueeze(1)], dim=1),
+            attention,
         )
 
 

@@ -106,6 +106,42 @@ def _source(model) -> tuple[Tensor, Tensor]:
     return pad_batch([source_ids(toy_vocabulary(), s) for s in SENTENCES])
 
 
+class StaticStepper:
+    """A stepper whose distribution comes from its static state alone: each input's own token
+    preferences (V,) and the step from which END is likeliest, so that inputs end at different
+    steps and leave the batch from its middle."""
+
+    def __init__(self, seed: int, inputs: int, vocab: int = 12) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.preferences = torch.randn(inputs, vocab, generator=generator)  # (B, V)
+        self.end_at = torch.randint(1, 8, (inputs, 1), generator=generator)  # (B, 1)
+
+    def state(self, inputs: slice) -> DecoderState:
+        rows = self.end_at[inputs].size(0)
+        static = {"preferences": self.preferences[inputs], "end_at": self.end_at[inputs]}
+        return DecoderState({"t": torch.zeros(rows, 1, dtype=torch.long)}, static)
+
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        t, static = state.recurrent["t"], state.static
+        logits = static["preferences"].clone()
+        logits[:, END] = torch.where(t[:, 0] >= static["end_at"][:, 0], 6.0, -6.0)
+        return torch.log_softmax(logits, dim=-1), DecoderState({"t": t + 1}, static)
+
+
+def test_inputs_leaving_the_batch_take_their_static_state_along() -> None:
+    """Beam search drops a done input's static rows (moving the others' in place): every input's
+    hypotheses are exactly those it gets alone."""
+    stepper = StaticStepper(seed=11, inputs=9)
+    options = SearchOptions("beam", beam_size=3, n_best=3, max_length=12)
+    together = decode(stepper, stepper.state(slice(0, 9)), options)
+    for i, hypotheses in enumerate(together):
+        (alone,) = decode(stepper, stepper.state(slice(i, i + 1)), options)
+        assert [(h.tokens, h.score, h.token_log_probs) for h in hypotheses] == [
+            (h.tokens, h.score, h.token_log_probs) for h in alone
+        ]
+    assert len({len(r[0].token_log_probs) for r in together}) > 2  # they did end apart
+
+
 @pytest.mark.parametrize(("cell", "attention"), MODELS)
 def test_n_best_is_sorted_and_distinct(cell: str, attention: str) -> None:
     model = random_translator(4, cell, 1, attention)
