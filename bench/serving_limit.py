@@ -1,5 +1,7 @@
 """The limit `bench.serving` compares the servers with: the served work run in-process on
-pre-batched inputs (no HTTP, no queue), in one process and in one process per core."""
+pre-batched inputs (no HTTP, no queue), in one process and in one process per core, with the
+service's malloc settings (`keep_freed_memory`: without them a lone forward's page faults would
+depend on whether a large batch ran before it, bench/README.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from harness.load import percentiles
 from models.checkpoint import LoadedModel, load_model
 from models.inference import caption_images, precision, translate
 from models.search import SearchOptions
+from service.runtime import keep_freed_memory
 
 OPTIONS = SearchOptions()  # what a request without options gets: greedy, max_length 50
 Work = Callable[[list[Any]], list[str]]
@@ -177,6 +180,7 @@ def _parallel_worker(
     rates: Any,
 ) -> None:
     torch.set_num_threads(1)
+    keep_freed_memory()
     device = torch.device("cpu")
     work = inprocess_work(endpoint, load_model(Path(model_dir), device), device, autocast)
     work(inputs[:batch])  # warm-up
@@ -195,6 +199,7 @@ def endpoint_limit(
 ) -> dict[str, Any]:
     """One repeat's limit of `endpoint` on `loaded` (from `model_dir`, on `device`): the
     one-process limit and, on a multi-core CPU, the all-cores limit; `throughput` is the higher."""
+    keep_freed_memory()  # as in the service's workers
     work = inprocess_work(endpoint, loaded, device, autocast)
     limit = measure_limit(work, inputs, batches, device, 1.5)
     limit["one_process"] = limit["throughput"]
