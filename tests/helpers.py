@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.captioner import Captioner, CaptionerConfig
 from models.encoders import ImageEncoderConfig, TextEncoderConfig
+from models.inference import translate
+from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
 from models.translator import Translator, TranslatorConfig
 from models.vocabulary import Vocabulary
@@ -74,3 +77,27 @@ TARGET_TEXT = [
     "ich mag grünen Tee und Pizza .",
     "wo ist der Bahnhof ?",
 ]
+
+
+def assert_alone_as_in_a_batch(model, options: SearchOptions, sentences: list[str]) -> None:
+    """Each sentence translated alone gets the hypotheses it gets inside the batch of all."""
+    batched = translate(model, toy_vocabulary(), sentences, options)
+    for sentence, together in zip(sentences, batched, strict=True):
+        (alone,) = translate(model, toy_vocabulary(), [sentence], options)
+        assert [h.tokens for h in alone] == [h.tokens for h in together]
+        for a, b in zip(alone, together, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def translators_runtime(names: str):
+    """A running Runtime with only the translate task's models loaded, as the service loads them."""
+    from service.runtime import Runtime
+    from service.settings import Settings
+    from service.tasks import load_models
+    from service.tasks.translate import TranslateTask
+
+    runtime = Runtime(Settings(torch_threads=1, translators=names, language_model=""))
+    task = TranslateTask(runtime)
+    runtime.batcher.start()
+    load_models(runtime, [task])
+    return runtime, task

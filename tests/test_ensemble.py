@@ -16,7 +16,12 @@ from models.ensemble import TranslatorEnsemble, check_members_agree, mean_probab
 from models.inference import translate
 from models.search import Hypothesis, SearchOptions
 from models.vocabulary import START, Vocabulary
-from tests.helpers import random_translator, toy_vocabulary
+from tests.helpers import (
+    assert_alone_as_in_a_batch,
+    random_translator,
+    toy_vocabulary,
+    translators_runtime,
+)
 
 SENTENCES = ["a b c", "d e f g h i j", "k", "l a b c d e", "b b b"]
 GREEDY = SearchOptions("greedy", max_length=12)
@@ -86,12 +91,7 @@ def test_the_mean_of_one_member_is_bit_exact() -> None:
 def test_an_ensemble_answers_alone_as_inside_a_batch(method: str) -> None:
     ensemble = TranslatorEnsemble([random_translator(9), random_translator(10, "gru")])
     options = SearchOptions(method, beam_size=4, n_best=3, max_length=12, seed=7)
-    batched = run(ensemble, options)
-    for sentence, together in zip(SENTENCES, batched, strict=True):
-        (alone,) = run(ensemble, options, [sentence])
-        assert [h.tokens for h in alone] == [h.tokens for h in together]
-        for a, b in zip(alone, together, strict=True):
-            assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert_alone_as_in_a_batch(ensemble, options, SENTENCES)
 
 
 def test_beam_size_one_is_greedy_for_an_ensemble() -> None:
@@ -203,20 +203,6 @@ def store_translator(stored_models, name: str, seed: int, **changes: object) -> 
 @pytest.fixture(scope="module")
 def second_translator(stored_models) -> str:
     return store_translator(stored_models, "translator_seed2", 2)
-
-
-def translators_runtime(names: str):
-    """A Runtime with only the translate task's models loaded, as the service loads them."""
-    from service.runtime import Runtime
-    from service.settings import Settings
-    from service.tasks import load_models
-    from service.tasks.translate import TranslateTask
-
-    runtime = Runtime(Settings(torch_threads=1, translators=names, language_model=""))
-    task = TranslateTask(runtime)
-    runtime.batcher.start()
-    load_models(runtime, [task])
-    return runtime, task
 
 
 def decoding(**fields: object):

@@ -10,7 +10,7 @@ from models.decoders import DecoderState
 from models.inference import translate
 from models.search import SearchOptions, decode
 from models.vocabulary import END, PAD, START
-from tests.helpers import random_translator, toy_vocabulary
+from tests.helpers import assert_alone_as_in_a_batch, random_translator, toy_vocabulary
 
 SENTENCES = ["a b c", "d e f g h i j", "k", "l a b c d e"]
 MODELS = [("lstm", "additive"), ("gru", "multiplicative"), ("rnn", "none"), ("lstm", "none")]
@@ -56,12 +56,7 @@ def test_alone_equals_inside_a_batch_of_mixed_lengths(
 ) -> None:
     model = random_translator(2, cell, 2, attention)
     options = SearchOptions(method, beam_size=4, n_best=3, max_length=12, seed=7)
-    batched = run(model, options)
-    for sentence, together in zip(SENTENCES, batched, strict=True):
-        (alone,) = run(model, options, [sentence])
-        assert [h.tokens for h in alone] == [h.tokens for h in together]
-        for a, b in zip(alone, together, strict=True):
-            assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert_alone_as_in_a_batch(model, options, SENTENCES)
 
 
 def test_special_ids_are_the_first_three() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import translators_runtime
 from tests.synthetic import english_french_pairs
 from training import export, train_translator
 from training.data import pairs
@@ -126,20 +127,6 @@ def test_an_en_fr_translator_is_trained_exported_listed_and_picked_by_model(
 
 
 LANGUAGE_KEYS = ("language", "source_language", "target_language")
-
-
-def translators_runtime(names: str):
-    """A running Runtime with only the translate task's models loaded, as the service loads them."""
-    from service.runtime import Runtime
-    from service.settings import Settings
-    from service.tasks import load_models
-    from service.tasks.translate import TranslateTask
-
-    runtime = Runtime(Settings(torch_threads=1, translators=names, language_model=""))
-    task = TranslateTask(runtime)
-    runtime.batcher.start()
-    load_models(runtime, [task])
-    return runtime, task
 
 
 def options():
