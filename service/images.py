@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from service.errors import RequestError
+
+if TYPE_CHECKING:  # imports torch, which BentoML's parent process must not load
+    from torch import Tensor
 
 # magic bytes -> (name shown to users, Pillow plugins allowed to open it)
 _SIGNATURES: tuple[tuple[bytes, int, str, tuple[str, ...]], ...] = (
@@ -30,6 +34,30 @@ class ImageLimits:
     max_aspect_ratio: float
 
 
+Box = tuple[int, int, int, int]  # (left, upper, right, lower), as PIL's `crop` takes it
+# JPEG modes that go to the device decoder: YCbCr (Pillow's "RGB") and grey. CMYK and YCCK
+# JPEGs (Pillow's "CMYK"), rare in uploads, keep Pillow: nvjpeg's reading of them is unchecked.
+DEVICE_JPEG_MODES = ("RGB", "L")
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG upload checked from its header only, left encoded for the batch worker to decode
+    on the device (`models.images.decode_jpegs`)."""
+
+    data: bytes
+    orientation: int  # EXIF orientation as Pillow reads it for `to_rgb` (1: as stored)
+    box: Box | None  # `limit_aspect_ratio`'s crop in stored pixels; None: nothing to crop
+    limits: ImageLimits  # what it was checked against, for decoding it with Pillow after all
+
+    def cropped(self, pixels: Tensor) -> Tensor:
+        """Its decoded (C, H, W) pixels, cropped as `decode_image` crops the PIL image."""
+        if self.box is None:
+            return pixels
+        left, upper, right, lower = self.box
+        return pixels[:, upper:lower, left:right]
+
+
 def sniff_format(data: bytes) -> tuple[str, tuple[str, ...]] | None:
     """The allowed format `data` starts like, or None."""
     for magic, offset, name, plugins in _SIGNATURES:
@@ -45,6 +73,30 @@ def decode_image(data: bytes, limits: ImageLimits, field: str = "image") -> Imag
     only that format's decoder may open the file. Width x height is checked from the header,
     before decoding, so a small file that expands to gigabytes is refused cheaply.
     """
+    image, name = _opened(data, limits, field)
+    return _loaded(image, name, limits, field)
+
+
+def decode_or_defer(
+    data: bytes, limits: ImageLimits, field: str = "image"
+) -> Image.Image | EncodedJpeg:
+    """`decode_image`, except that a YCbCr or grey JPEG is checked from its header only (format,
+    pixel cap) and comes back still encoded, with what its decoding on the device needs."""
+    image, name = _opened(data, limits, field)
+    if name == "JPEG" and image.mode in DEVICE_JPEG_MODES:
+        try:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception:  # a malformed EXIF block: Pillow's path answers it as it always has
+            orientation = None
+        if isinstance(orientation, int):
+            box = aspect_ratio_box(image.size, limits.max_aspect_ratio)
+            image.close()
+            return EncodedJpeg(data, orientation, box, limits)
+    return _loaded(image, name, limits, field)
+
+
+def _opened(data: bytes, limits: ImageLimits, field: str) -> tuple[Image.Image, str]:
+    """The image opened from its header, its pixel count checked, and the format's name."""
     if not data:
         raise RequestError("the image is empty (0 bytes)", field, code="invalid_image")
     sniffed = sniff_format(data)
@@ -65,6 +117,11 @@ def decode_image(data: bytes, limits: ImageLimits, field: str = "image") -> Imag
     if width < 1 or height < 1 or width * height > limits.max_pixels:
         image.close()
         raise _too_large((width, height), limits, field)
+    return image, name
+
+
+def _loaded(image: Image.Image, name: str, limits: ImageLimits, field: str) -> Image.Image:
+    """The opened image's first frame decoded, then cropped to the aspect-ratio limit."""
     try:
         image.seek(0)  # the first frame of an animation
         image.load()
@@ -92,13 +149,20 @@ def limit_aspect_ratio(image: Image.Image, max_ratio: float) -> Image.Image:
     removes nothing it would have seen; it only stops a 1x10000 image from being resized to
     224x2,240,000 pixels on the way there.
     """
-    width, height = image.size
+    box = aspect_ratio_box(image.size, max_ratio)
+    return image if box is None else image.crop(box)
+
+
+def aspect_ratio_box(size: tuple[int, int], max_ratio: float) -> Box | None:
+    """The centre box of a (width, height) image whose long side is at most `max_ratio` times
+    its short side; None when the whole image already is."""
+    width, height = size
     if max(width, height) <= max_ratio * min(width, height):
-        return image
+        return None
     if width > height:
         keep = max(1, round(height * max_ratio))
         left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
+        return (left, 0, left + keep, height)
     keep = max(1, round(width * max_ratio))
     top = (height - keep) // 2
-    return image.crop((0, top, width, top + keep))
+    return (0, top, width, top + keep)

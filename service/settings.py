@@ -8,6 +8,7 @@ from pathlib import Path
 
 MiB = 1024 * 1024
 MIN_API_KEY = 16  # characters; a short key is guessable
+IMAGE_DECODE = ("auto", "cpu", "device")  # where JPEG uploads are decoded
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class Settings:
     translators: str = "translator"  # comma-separated; the first is the default; a+b: an ensemble
     language_model: str = "charlm"  # optional: served when in the store; "" turns it off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # JPEGs: cpu = Pillow in the request thread; device = torchvision in the batch worker, a
+    # batch at once on the model's device (nvjpeg on CUDA); auto = device when that is CUDA
+    image_decode: str = "auto"
     access_log: bool = True  # BentoML's log line per request; costs CPU under load
     workers: int = 0  # serving processes, each with its own models and batch queue; 0: auto
     torch_threads: int = 0  # per worker; 0: its share of the CPUs, less one for requests
@@ -43,6 +47,13 @@ class Settings:
     open_metrics: bool = False  # with keys: /metrics answers without one
     # -- overload: the door in front of the API routes (service/admission.py) --
     max_in_flight: int = 0  # API calls at once per worker, more answer 429 unread; 0: auto
+
+    def __post_init__(self) -> None:
+        if self.image_decode not in IMAGE_DECODE:
+            raise ValueError(
+                f"SEQSERVE_IMAGE_DECODE={self.image_decode!r}: expected one of "
+                f"{', '.join(IMAGE_DECODE)}"
+            )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -71,6 +82,13 @@ class Settings:
         ):
             return 1
         return min(2, len(os.sched_getaffinity(0)))
+
+    def jpegs_on_device(self, device_type: str) -> bool:
+        """Whether JPEG uploads are left encoded for the batch worker to decode on the model's
+        device (`device_type`, e.g. "cuda"): IMAGE_DECODE=device, or auto on CUDA."""
+        return self.image_decode == "device" or (
+            self.image_decode == "auto" and device_type == "cuda"
+        )
 
     def in_flight_limit(self) -> int:
         """MAX_IN_FLIGHT, or when 0: enough one-input calls to fill the batch that runs and the

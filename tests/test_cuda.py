@@ -1,10 +1,13 @@
 """What must hold on a CUDA device (`make gpu-check` runs these, then bench/gpu.py): the shipped
 models run there, reproduce their golden outputs in fp32 and under bf16 autocast (or the service
 would fall back to fp32 for them), decode a row the same alone and inside a batch, and sample the
-same text from the same seed. Skipped, saying so, where torch sees no CUDA device."""
+same text from the same seed; JPEGs decoded by nvjpeg in the batch worker (IMAGE_DECODE=auto)
+get the captions Pillow's pixels get, turned by their EXIF orientation, and a broken one gets its
+own 4xx. Skipped, saying so, where torch sees no CUDA device."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -95,6 +98,67 @@ def test_a_row_decodes_the_same_alone_and_in_a_batch(method: str) -> None:
     for i, sentence in enumerate(SENTENCES):
         single = translate(translator.model, v["source"], [sentence], options)
         assert single[0][0].tokens == together[i][0].tokens, sentence
+
+
+def _decoded_on_the_gpu(model: torch.nn.Module, uploads: list[bytes]) -> list:
+    """The batch worker's encoder inputs for `uploads` queued together, as the service makes
+    them on CUDA: each checked from its header, then all JPEGs decoded by nvjpeg in one call."""
+    from service.images import ImageLimits, decode_or_defer
+    from service.tasks.caption import CaptionJob, encoder_inputs
+
+    limits = ImageLimits(25_000_000, 4.0)
+    options = SearchOptions("greedy")
+    jobs = [
+        CaptionJob(decode_or_defer(data, limits, f"images[{i}]"), options, f"images[{i}]")
+        for i, data in enumerate(uploads)
+    ]
+    return encoder_inputs(model.encoder, jobs, DEVICE)
+
+
+def test_jpegs_decoded_on_the_gpu_get_the_captions_of_pillows_pixels() -> None:
+    """nvjpeg's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels here and
+    there; the captions must not change."""
+    captioner = _loaded("captioner")
+    names = sorted(path.name for path in IMAGES.glob("*.jpg"))
+    options = SearchOptions("beam", beam_size=4, max_length=20)
+    inputs = _decoded_on_the_gpu(captioner.model, [(IMAGES / name).read_bytes() for name in names])
+    assert all(isinstance(t, torch.Tensor) and t.device.type == DEVICE.type for t in inputs)
+    on_gpu = caption_images(captioner.model, torch.stack(inputs), options)
+    pillow = caption_images(captioner.model, _image_batch(captioner.model, names), options)
+    for name, gpu, cpu in zip(names, on_gpu, pillow, strict=True):
+        assert gpu[0].tokens == cpu[0].tokens, name
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied_to_jpegs_decoded_on_the_gpu(orientation: int) -> None:
+    """The CUDA decoder ignores `apply_exif_orientation`; the service turns the pixels itself."""
+    captioner = _loaded("captioner")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    with Image.open(IMAGES / "photo_house.jpg") as photo:
+        photo.save(tagged, "JPEG", exif=exif, quality=95)
+        photo.save(plain, "JPEG", quality=95)  # the same pixels, shown as stored
+    (on_gpu,) = _decoded_on_the_gpu(captioner.model, [tagged.getvalue()])
+    upright, as_stored = (
+        captioner.model.encoder.preprocess(Image.open(buffer)).to(DEVICE)
+        for buffer in (tagged, plain)
+    )
+    assert (on_gpu - upright).abs().mean() < (on_gpu - as_stored).abs().mean() / 10
+
+
+def test_a_broken_jpeg_decoded_on_the_gpu_gets_its_own_4xx() -> None:
+    from service.errors import RequestError
+    from tests.reliability.media import jpeg_header_bomb
+
+    captioner = _loaded("captioner")
+    good = (IMAGES / "photo_house.jpg").read_bytes()
+    pixelless = jpeg_header_bomb(64, 48)  # a valid frame header, then the end: no pixel data
+    inputs = _decoded_on_the_gpu(captioner.model, [good, pixelless, good])
+    assert isinstance(inputs[0], torch.Tensor) and torch.equal(inputs[0], inputs[2])
+    refused = inputs[1]
+    assert isinstance(refused, RequestError)
+    assert (refused.status, refused.code, refused.field) == (400, "invalid_image", "images[1]")
 
 
 def test_sampling_is_reproducible_from_its_seed() -> None:

@@ -1,6 +1,8 @@
 """Captioning: uploaded images -> decoded, preprocessed, batched through the captioner -> captions.
 
-Serves POST /caption and /caption_batch, and the caption that /caption_overlay draws.
+Serves POST /caption and /caption_batch, and the caption that /caption_overlay draws. Images are
+decoded by Pillow in the request thread; when JPEGs are decoded on the device (IMAGE_DECODE), a
+JPEG is only checked there and the batch worker decodes all of a batch's JPEGs at once.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from models.images import decode_jpegs, pixels_to_tensor
 from models.inference import caption_features, opening_with_a_word
 from models.search import Hypothesis, SearchOptions
 from models.vocabulary import Vocabulary
 from service.artifacts import ServedModel, in_store
 from service.errors import RequestError
-from service.images import ImageLimits, decode_image
+from service.images import EncodedJpeg, ImageLimits, decode_image, decode_or_defer
 from service.responses import (
     Caption,
     CaptionAlternative,
@@ -46,8 +49,9 @@ from service.tasks.decoding import (
 class CaptionJob:
     """One image of a request."""
 
-    image: Tensor  # (3, S, S), preprocessed
+    image: Tensor | EncodedJpeg  # (3, S, S) preprocessed, or a JPEG for the batch worker
     options: SearchOptions
+    field: str = "image"  # the upload's name in an error about it
     rows: ClassVar[int] = 1
 
 
@@ -80,6 +84,7 @@ class CaptionTask:
         }
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
         self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
+        self.jpegs_on_device = settings.jpegs_on_device(runtime.device.type)
         # at most one decode per core: bounds memory as well as CPU
         self._decoding = threading.BoundedSemaphore(max(1, torch.get_num_threads()))
 
@@ -91,10 +96,10 @@ class CaptionTask:
     def golden_output(self, served: ServedModel) -> str:
         """The caption of the model's golden image, decoded and queued like an upload."""
         golden = served.golden
-        image = self.image_tensor(served, (served.path / golden["input"]).read_bytes(), "golden")
-        job = CaptionJob(image, SearchOptions(**golden.get("options", {})))
+        image = self.image_input(served, (served.path / golden["input"]).read_bytes(), "golden")
+        job = CaptionJob(image, SearchOptions(**golden.get("options", {})), "golden")
         family = self.families[served.configured]
-        (found,) = self.runtime.results([self.runtime.batcher.submit(family, job)])
+        (found,) = answered(self.runtime.results([self.runtime.batcher.submit(family, job)]))
         return served.target.decode(found.hypotheses[0].tokens)
 
     def caption(
@@ -147,42 +152,104 @@ class CaptionTask:
         family = self.families[served.configured]
         batcher = self.runtime.batcher
         with batcher.arriving():  # a batch forming now may wait for these images
-            tensors = [
-                self.image_tensor(
+            inputs = [
+                self.image_input(
                     served, data if isinstance(data, bytes) else data.read_bytes(), field
                 )
                 for data, field in zip(images, fields, strict=True)
             ]
-            futures = [batcher.submit(family, CaptionJob(t, search)) for t in tensors]
-        found = self.runtime.results(futures)
+            futures = [
+                batcher.submit(family, CaptionJob(image, search, field))
+                for image, field in zip(inputs, fields, strict=True)
+            ]
+        found = answered(self.runtime.results(futures))
         return [caption_of(h, served.target, options.return_attention) for h in found], served.tag
 
-    def image_tensor(self, served: ServedModel, data: bytes, field: str) -> Tensor:
-        """Uploaded bytes -> the (3, S, S) tensor the captioner's encoder expects."""
+    def image_input(self, served: ServedModel, data: bytes, field: str) -> Tensor | EncodedJpeg:
+        """Uploaded bytes -> the (3, S, S) tensor the captioner's encoder expects, or, when JPEGs
+        are decoded on the device, a JPEG checked from its header and left encoded."""
         with self._decoding:
-            image = decode_image(data, self.image_limits, field)
-            try:
-                return served.model.encoder.preprocess(image)
-            except Exception:
-                raise RequestError(
-                    f"image mode {image.mode} could not be converted to RGB",
-                    field,
-                    code="invalid_image",
-                ) from None
-            finally:
-                image.close()
+            if self.jpegs_on_device:
+                image = decode_or_defer(data, self.image_limits, field)
+            else:
+                image = decode_image(data, self.image_limits, field)
+            if isinstance(image, EncodedJpeg):
+                return image
+            return preprocessed(served.model.encoder, image, field)
 
 
-def run_batch(served: ServedModel, jobs: Sequence[CaptionJob]) -> list[CaptionResult]:
-    """In the batch worker: one encoder forward for every image, then one batched search per
-    distinct options; each job's hypotheses (best first) with their confidence."""
+def preprocessed(encoder: Any, image: Image.Image, field: str) -> Tensor:
+    """A decoded upload (closed here) -> the (3, S, S) tensor the image encoder expects."""
+    try:
+        return encoder.preprocess(image)
+    except Exception:
+        raise RequestError(
+            f"image mode {image.mode} could not be converted to RGB", field, code="invalid_image"
+        ) from None
+    finally:
+        image.close()
+
+
+def answered(found: list[CaptionResult | RequestError]) -> list[CaptionResult]:
+    """A request's results, or the error of its first image that the batch worker refused."""
+    refused = [result for result in found if isinstance(result, RequestError)]
+    if refused:
+        raise refused[0]
+    return [result for result in found if isinstance(result, CaptionResult)]
+
+
+def run_batch(
+    served: ServedModel, jobs: Sequence[CaptionJob]
+) -> list[CaptionResult | RequestError]:
+    """In the batch worker: the images decoded and preprocessed where the request thread left
+    them encoded, one encoder forward for every image, then one batched search per distinct
+    options; each job's hypotheses (best first) with their confidence, or for an image that
+    could not be decoded, its RequestError."""
     model = served.model
     device = next(model.parameters()).device
-    images = torch.stack([job.image for job in jobs]).to(device)  # (B, 3, S, S)
+    found: list[Any] = encoder_inputs(model.encoder, jobs, device)  # errors stay, images: results
+    rows = [row for row, image in enumerate(found) if isinstance(image, Tensor)]
+    if rows:
+        images = torch.stack([found[row].to(device) for row in rows])  # (B, 3, S, S)
+        captioned = _captioned(model, images, [jobs[row] for row in rows])
+        for row, result in zip(rows, captioned, strict=True):
+            found[row] = result
+    return found
+
+
+def encoder_inputs(
+    encoder: Any, jobs: Sequence[CaptionJob], device: torch.device
+) -> list[Tensor | RequestError]:
+    """Each job's (3, S, S) input to the image `encoder`: as the request thread made it, or for
+    the JPEGs it left encoded, decoded all at once on `device` and preprocessed there. A JPEG
+    the device cannot decode goes through Pillow on the CPU, as on the CPU path; if that fails
+    too, its RequestError (invalid_image, naming the job's field) takes its input's place."""
+    inputs: list[Tensor | RequestError] = []
+    jpegs = [job.image for job in jobs if isinstance(job.image, EncodedJpeg)]
+    decoded = iter(decode_jpegs([jpeg.data for jpeg in jpegs], device))
+    size = encoder.config.image_size
+    for job in jobs:
+        if not isinstance(job.image, EncodedJpeg):
+            inputs.append(job.image)
+            continue
+        jpeg, pixels = job.image, next(decoded)
+        if pixels is not None:
+            inputs.append(pixels_to_tensor(jpeg.cropped(pixels), size, jpeg.orientation))
+            continue
+        try:
+            image = decode_image(jpeg.data, jpeg.limits, job.field)
+            inputs.append(preprocessed(encoder, image, job.field))
+        except RequestError as error:
+            inputs.append(error)
+    return inputs
+
+
+def _captioned(model: Any, images: Tensor, jobs: Sequence[CaptionJob]) -> list[CaptionResult]:
+    """images (B, 3, S, S) of `jobs`: one encoder forward, one batched search per options."""
     pooled, grid = model.encoder(images)  # (B, D), (B, H*W, D)
     found: list[Any] = [None] * len(jobs)
     for options, rows in by_options(jobs):
-        index = torch.tensor(rows, device=device)
+        index = torch.tensor(rows, device=images.device)
         for row, hypotheses in zip(
             rows, caption_features(model, pooled[index], grid[index], options), strict=True
         ):
