@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from models.inference import pad_batch
 from models.search import SearchOptions
 from models.tokenizers import WordTokenizer
 from models.vocabulary import END, PAD, START, Vocabulary
+from training.augment import augmented_examples
 from training.batching import example_batches
 from training.data.common import SplitFractions, hash_fraction, stable_split
 from training.data.loaders import (
@@ -55,6 +57,11 @@ class CaptionerSettings(LoopSettings):
     )
     max_images: int = setting(
         0, "use at most this many images of each split, a stable spread-out subset (0: all)"
+    )
+    augment_copies: int = setting(
+        0,
+        "also train on this many altered copies of each training image (moved, recoloured, "
+        "blurred...: training/augment.py), made once into <feature-cache>/augmented (0: none)",
     )
     feature_cache: str = setting("runs/cache", "folder of cached encoder features")
     backbone: str = setting(
@@ -261,7 +268,9 @@ class CaptionTask:
             settings.language,
             settings.max_images,
         )
-        self.vocabulary = self._vocabulary()
+        self.vocabulary = self._vocabulary()  # from the real captions only: copies repeat them
+        if settings.augment_copies > 0:
+            self.splits["train"] += self._augmented(self.splits["train"], info)
         torch.manual_seed(settings.seed)
         self.model = build_captioner(settings, len(self.vocabulary))
         cached, self.suffix = split_encoder(
@@ -288,6 +297,16 @@ class CaptionTask:
         if self.is_main:  # each process builds the same one; one writes it
             vocabulary.save(path)
         return vocabulary
+
+    def _augmented(self, train: list[CaptionExample], info: Distributed) -> list[CaptionExample]:
+        """The altered copies of the training images (made by the main process)."""
+        s = self.settings
+        folder = Path(s.feature_cache) / "augmented"
+        workers = min(8, os.cpu_count() or 1) if info.is_main else 0
+        copies = augmented_examples(train, s.augment_copies, folder, s.seed, s.image_size, workers)
+        if info.enabled:
+            dist.barrier()
+        return copies
 
     def _pairs(self, split: str) -> list[tuple[int, list[int]]]:
         limit = self.settings.max_caption_tokens
