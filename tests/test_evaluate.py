@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from training import evaluate, train_captioner, train_translator
+from training.settings import SettingsError
 
 
 def tiny(module, out: Path, *flags: str) -> Path:
@@ -48,3 +51,27 @@ def test_captioner_report_has_bleu_cider_and_nearest_neighbour(tmp_path: Path) -
     expected = {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
     assert expected <= set(report["results"]["beam3"])
     assert expected <= set(report["baseline"]["results"]["greedy"])
+
+
+def test_captioner_scores_by_group_add_up_to_the_split(tmp_path: Path) -> None:
+    model = tiny(train_captioner, tmp_path, "--feature-cache", str(tmp_path / "cache"))
+    flags = ["--model", str(model), "--split", "valid", "--feature-cache", str(tmp_path / "cache")]
+    one_group = run_evaluate(*flags, "--group-by", "split")["groups"]
+    assert one_group["field"] == "split" and list(one_group["scores"]) == ["val"]
+    whole = run_evaluate(*flags)
+    scores = one_group["scores"]["val"]
+    assert scores["examples"] == whole["examples"]
+    for method in ("greedy", "beam3"):
+        expected = {k: v for k, v in whole["results"][method].items() if k != "seconds"}
+        assert scores[method] == expected
+    assert scores["nearest_neighbour"] == whole["baseline"]["results"]["greedy"]
+    by_name = run_evaluate(*flags, "--group-by", "filename")["groups"]["scores"]
+    assert len(by_name) == whole["examples"]  # one image a group
+    assert all(group["examples"] == 1 for group in by_name.values())
+
+
+def test_grouping_by_a_field_no_entry_has_is_refused(tmp_path: Path) -> None:
+    model = tiny(train_captioner, tmp_path, "--feature-cache", str(tmp_path / "cache"))
+    flags = ["--model", str(model), "--split", "valid", "--feature-cache", str(tmp_path / "cache")]
+    with pytest.raises(SettingsError, match="no image entry of .* has that field"):
+        run_evaluate(*flags, "--group-by", "colour")

@@ -25,6 +25,7 @@ from models.search import SearchOptions
 from training.captioning import load_caption_splits
 from training.data.loaders import load_aligned
 from training.errors import run_main
+from training.eval_groups import grouped_scores, image_groups
 from training.features import FeatureCache
 from training.metrics import caption_scores, translation_scores
 from training.predict import caption_texts, translate_texts
@@ -226,6 +227,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="with --dataset: style folders to keep, '' for all (default: the model's own)",
     )
     parser.add_argument(
+        "--group-by",
+        default=None,
+        metavar="FIELD",
+        help="captioners with a Karpathy-format data file: also score each group of images "
+        "sharing this field of their entries, e.g. concept_split (default: none)",
+    )
+    parser.add_argument(
         "--feature-cache", default="runs/cache", help="cached image features (default: runs/cache)"
     )
     parser.add_argument(
@@ -284,11 +292,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         base_results, base_outputs = evaluate_methods(base, data, methods)
         report["baseline"] = {"model": str(args.baseline), "results": base_results}
         outputs |= {f"baseline_{m}": o for m, o in base_outputs.items()}
+    if args.group_by and loaded.kind == "captioner":
+        settings = {**loaded.metadata.get("settings", {}), **override}
+        groups = image_groups(settings["dataset"], settings["images"], args.group_by)
+        by_group = grouped_scores(data.inputs, data.references, outputs, groups, caption_scores)
+        report["groups"] = {"field": args.group_by, "scores": by_group}
     report["samples"] = samples(data, outputs)
     suffix = "_ensemble" if args.ensemble else ""
     output = args.output or args.model.parent / f"eval_{args.split}{suffix}.json"
     write_text(output, json.dumps(report, indent=2, ensure_ascii=False))
-    print(json.dumps({k: report[k] for k in ("results", "baseline") if k in report}, indent=1))
+    shown = ("results", "baseline", "groups")
+    print(json.dumps({k: report[k] for k in shown if k in report}, indent=1))
     return report
 
 
