@@ -21,3 +21,9 @@ def test_caption_scores_fail_in_words_not_inside_pycocoevalcap() -> None:
     # an empty reference beside a real one is left out, not fatal
     scores = caption_scores(["a red cat", "a dog"], [("a red cat", ""), ("a dog",)])
     assert scores["bleu1"] == 100.0 and scores["word_f1"] == 100.0
+
+
+def test_exact_counts_captions_equal_to_a_reference_after_tokenising() -> None:
+    hypotheses = ["Cat face.", "a red giraffe", "dog", "dog face"]
+    references = [["cat face ."], ["giraffe", "a  RED giraffe"], ["cat"], ["dog"]]
+    assert caption_scores(hypotheses, references)["exact"] == 50.0

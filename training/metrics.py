@@ -32,7 +32,8 @@ def caption_text(text: str) -> str:
 def caption_scores(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
-    """pycocoevalcap BLEU-1..4 and CIDEr-D of one caption per image against its references.
+    """pycocoevalcap BLEU-1..4 and CIDEr-D of one caption per image against its references, the
+    mean best word F1 and the % of captions equal to one of their references (after tokenising).
 
     References that tokenize to nothing are left out (pycocoevalcap fails on them); an image with
     no reference left, or no image at all, is a ValueError that says so."""
@@ -56,6 +57,8 @@ def caption_scores(
     scores["cider"] = round(100 * float(cider), 2)
     f1 = word_f1(hypotheses, references)
     scores["word_f1"] = round(100 * sum(f1) / max(len(f1), 1), 2)
+    exact = [caption_text(h) in gts[i] for i, h in enumerate(hypotheses)]
+    scores["exact"] = round(100 * sum(exact) / len(exact), 2)  # % equal to one of its references
     return scores
 
 
