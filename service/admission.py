@@ -10,12 +10,16 @@ needed (docs/service.md, Overload). BentoML has no hook for a middleware outside
 passes through every middleware with the Starlette app in its scope), puts itself in front of
 that app's whole middleware stack. Without a lifespan (an app called without starting it) it
 counts and refuses where it was registered, which works the same, at the higher price.
+
+With `ages`, the door also closes admitted calls' connections that outlived their maximum age
+(service/connections.py), so that keep-alive clients spread over the workers again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from service.connections import ConnectionAges, closing_connection
 from service.errors import RequestError
 from service.guard import ASGIApp, Receive, Scope, Send
 from service.metrics import metrics
@@ -27,10 +31,19 @@ Release = Callable[[], None]
 
 class Admission:
     """Counts POST requests to `routes` while they are read, queued, computed and answered, and
-    refuses one that would make `limit + 1` with `refusal` (an ASGI app) without reading it."""
+    refuses one that would make `limit + 1` with `refusal` (an ASGI app) without reading it; with `ages`, an
+    admitted call on a connection past its age closes it with the answer."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[str], limit: int, refusal: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[str],
+        limit: int,
+        refusal: ASGIApp,
+        ages: ConnectionAges | None = None,
+    ) -> None:
         self.app, self.routes, self.limit, self.refusal = app, frozenset(routes), limit, refusal
+        self.ages = ages
         self.in_flight = 0
         self.in_front = False  # standing in front of the whole middleware stack
 
@@ -62,6 +75,8 @@ class Admission:
             await self.refusal(scope, receive, send)
             return
         scope[SLOT] = release = self._take_slot(scope["path"])
+        if self.ages is not None and self.ages.due(scope):
+            send = closing_connection(send)
         try:
             await app(scope, receive, send)
         finally:

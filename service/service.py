@@ -30,6 +30,7 @@ from service.access import (
     cors_options,
 )
 from service.admission import Admission, refusal_app
+from service.connections import ConnectionAges
 from service.demo_app import demo_app
 from service.errors import QuietValidationErrors, answers_errors
 from service.guard import RequestGuard, RouteRule
@@ -266,7 +267,9 @@ def add_middleware(service: bentoml.Service, amend: Callable[[dict[str, Any]], N
     limit = SETTINGS.in_flight_limit()
     refusal = refusal_app(limit)  # with the request ID and CORS headers every answer gets
     refusal = RequestIds(refusal if cors is None else CORSMiddleware(refusal, **cors), id_routes)
-    service.add_asgi_middleware(Admission, routes=routes, limit=limit, refusal=refusal)
+    age = SETTINGS.connection_age_s()
+    ages = ConnectionAges(age) if age > 0 else None
+    service.add_asgi_middleware(Admission, routes=routes, limit=limit, refusal=refusal, ages=ages)
     service.add_asgi_middleware(RequestIds, routes=id_routes)
     if cors is not None:
         service.add_asgi_middleware(CORSMiddleware, **cors)

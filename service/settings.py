@@ -47,6 +47,9 @@ class Settings:
     open_metrics: bool = False  # with keys: /metrics answers without one
     # -- overload: the door in front of the API routes (service/admission.py) --
     max_in_flight: int = 0  # API calls at once per worker, more answer 429 unread; 0: auto
+    # with 2+ workers, an API call on a connection older than this (+-20%) closes it with its
+    # answer, so that keep-alive clients spread over the workers again (service/connections.py)
+    max_connection_age_s: float = 5.0  # 0: never
 
     def __post_init__(self) -> None:
         if self.image_decode not in IMAGE_DECODE:
@@ -89,6 +92,11 @@ class Settings:
         return self.image_decode == "device" or (
             self.image_decode == "auto" and device_type == "cuda"
         )
+
+    def connection_age_s(self) -> float:
+        """MAX_CONNECTION_AGE_S with two or more workers; 0 (never) with one, which has nobody
+        to hand a connection to."""
+        return self.max_connection_age_s if self.worker_count() >= 2 else 0.0
 
     def in_flight_limit(self) -> int:
         """MAX_IN_FLIGHT, or when 0: enough one-input calls to fill the batch that runs and the

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from service.access import RequestIds
 from service.admission import Admission, refusal_app
+from service.connections import ConnectionAges, closing_connection
 from service.settings import Settings
 from tests.serving import Server, start_server
 
@@ -273,3 +274,77 @@ def test_an_upload_that_never_finishes_is_refused_at_once(one_slot_server: Serve
     # in front of BentoML's access log: the answer after it has its line, the refusal has none
     server.wait_for_log("request_id=after", since)
     assert "request_id=refused-upload" not in server.log_text()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def on(client: tuple[str, int]) -> dict:
+    return {**http_scope(), "client": client}
+
+
+def test_a_connection_past_its_age_is_closed_once_and_then_starts_again() -> None:
+    clock = Clock()
+    ages = ConnectionAges(5.0, clock)
+    a, b = ("10.0.0.1", 40000), ("10.0.0.1", 40001)
+    assert not ages.due(on(a))  # first seen: its age starts
+    clock.now += 3.9  # under 5 s - 20% jitter
+    assert not ages.due(on(a)) and not ages.due(on(b))
+    clock.now += 2.2  # a: 6.1 s, past 5 s + 20%; b: 2.2 s
+    assert ages.due(on(a)) and not ages.due(on(b))
+    assert not ages.due(on(a))  # a new connection from the same port starts a new age
+    assert not ages.due({**http_scope(), "client": None})  # no client address: left alone
+
+
+def test_connections_not_seen_for_long_are_forgotten() -> None:
+    clock = Clock()
+    ages = ConnectionAges(1.0, clock)
+    for port in range(1024):
+        ages.due(on(("10.0.0.2", port)))
+    clock.now += 10  # every one of them idle for 10 ages
+    ages.due(on(("10.0.0.3", 1)))
+    assert list(ages.closes_at) == [("10.0.0.3", 1)]
+
+
+def test_an_admitted_call_past_its_age_answers_with_connection_close() -> None:
+    async def answer(scope, receive, send) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    clock = Clock()
+    gate = Admission(answer, ROUTES, 4, refusal_app(4), ages=ConnectionAges(1.0, clock))
+
+    def headers(path: str = "/translate") -> dict[bytes, bytes]:
+        sent, _ = asyncio.run(call(gate, {**on(("10.0.0.1", 5)), "path": path}))
+        return dict(sent[0]["headers"])
+
+    assert b"connection" not in headers()
+    clock.now += 2
+    assert b"connection" not in headers("/healthz")  # only the API calls the door counts
+    assert headers()[b"connection"] == b"close"
+    assert b"connection" not in headers()  # the next connection starts its age
+
+
+def test_closing_connection_leaves_the_body_and_the_apps_message_alone() -> None:
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    closing = closing_connection(send)
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]}
+    asyncio.run(closing(start))
+    asyncio.run(closing({"type": "http.response.body", "body": b"ok"}))
+    assert sent[0]["headers"] == [(b"x-a", b"1"), (b"connection", b"close")]
+    assert start["headers"] == [(b"x-a", b"1")]
+    assert sent[1] == {"type": "http.response.body", "body": b"ok"}
+
+
+def test_connection_ages_apply_only_with_two_or_more_workers() -> None:
+    assert Settings(workers=2).connection_age_s() == 5.0
+    assert Settings(workers=1).connection_age_s() == 0.0
+    assert Settings(workers=4, max_connection_age_s=0).connection_age_s() == 0.0
