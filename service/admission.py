@@ -31,8 +31,8 @@ Release = Callable[[], None]
 
 class Admission:
     """Counts POST requests to `routes` while they are read, queued, computed and answered, and
-    refuses one that would make `limit + 1` with `refusal` (an ASGI app) without reading it; with `ages`, an
-    admitted call on a connection past its age closes it with the answer."""
+    refuses one that would make `limit + 1` with `refusal` (an ASGI app) without reading it.
+    With `ages`, an admitted call on a connection past its age closes it with the answer."""
 
     def __init__(
         self,
