@@ -88,6 +88,7 @@ def main() -> None:
     )
     common.add_out_argument(parser, "connections.json")
     args = parser.parse_args()
+    report = common.environment(command_args={**vars(args), "out": str(args.out)})
     runs: dict[float, list[dict[str, Any]]] = {age: [] for age in args.ages}
     with tempfile.TemporaryDirectory(prefix="seqserve-connections-") as workdir:
         home = Path(workdir) / "bentoml"
@@ -97,8 +98,8 @@ def main() -> None:
             (home / "models").mkdir(parents=True)
         for round_ in range(args.repeats):
             for age in args.ages:
-                env = {"SEQSERVE_MAX_CONNECTION_AGE_S": str(age), "SEQSERVE_DEVICE": "cpu"}
-                env["SEQSERVE_GPUS"] = "0"
+                env = {"SEQSERVE_DEVICE": "cpu", "SEQSERVE_GPUS": "0"}
+                env["SEQSERVE_MAX_CONNECTION_AGE_S"] = str(age)
                 log = Path(workdir) / f"{args.server}_{age}.log"
                 with contextlib.ExitStack() as stack:
                     server = Server.bentoml(home, log, env, target=TARGETS[args.server])
@@ -125,7 +126,6 @@ def main() -> None:
     common.print_table(
         ["max age s", "answers/s median", "range", "connections per worker (3 s -> end)"], rows
     )
-    report = common.environment(command_args={**vars(args), "out": str(args.out)})
     report.update(runs={str(age): found for age, found in runs.items()}, summary=summary)
     common.write_report(report, args.out)
 
