@@ -81,7 +81,7 @@ class Noop:
         return caption_response(language)
 
     @bentoml.api(route="/translate")
-    def translate(
+    async def translate(  # async, as the service's: no API thread
         self,
         sentences: Sentences,
         options: DecodingOptions = DEFAULT_OPTIONS,

@@ -119,19 +119,23 @@ class Server:
         *,
         target: str = SERVICE,
         name: str = "bentoml",
+        working_dir: Path | None = None,
     ) -> Self:
         """`bentoml serve` of `target` (the service, or another that logs READY_LINE once per
         worker, e.g. bench/serving_noop.py's) over the BentoML store in `home`, on a free port.
 
         The server gets a BentoML home of its own whose `models` is `home`'s: `bentoml serve`
         empties `$BENTOML_HOME/prometheus_multiproc_dir` when it starts, which would wipe the
-        metrics of any other server running over the same home."""
+        metrics of any other server running over the same home. `working_dir`: import `target`
+        from there (another checkout) rather than from this one."""
         private = Path(tempfile.mkdtemp(prefix="seqserve-serve-"))
         (private / "models").symlink_to(Path(home).resolve() / "models")
         env = {**(env or {}), "BENTOML_HOME": str(private)}
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", target]
         command += ["--host", "127.0.0.1", "--port", str(port)]
+        if working_dir is not None:
+            command += ["--working-dir", str(working_dir)]
         workers = service_workers(env)
         server = cls.start(name, command, port, log, env, ready_line=READY_LINE, workers=workers)
         server.private_home = private

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -34,6 +35,16 @@ class _Job:
     request: Hashable  # the request that submitted it (one request may submit several jobs)
     future: Future = field(default_factory=Future)
     given_up: bool = False  # its request stopped waiting (timed out)
+
+
+def current_request() -> Hashable:
+    """What identifies the request running here: its asyncio task on an event loop (where every
+    async request shares the thread), else its thread (a sync API body has one to itself)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread
+        task = None
+    return task if task is not None else threading.get_ident()
 
 
 class Batcher:
@@ -120,8 +131,8 @@ class Batcher:
         self, family: Hashable, payload: Any, rows: int = 1, request: Hashable | None = None
     ) -> Future:
         """Queue one job; its future gets the runner's result for `payload` (or its error).
-        `request` identifies the submitting request (default: the calling thread's)."""
-        job = _Job(family, payload, rows, threading.get_ident() if request is None else request)
+        `request` identifies the submitting request (default: the calling task's or thread's)."""
+        job = _Job(family, payload, rows, current_request() if request is None else request)
         with self._changed:
             queued = sum(self._queued_rows.values())
             if queued + rows > self._max_queue_rows:

@@ -10,6 +10,7 @@ of the same renderer.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -145,26 +146,42 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def answers_errors(api: Callable[P, R]) -> Callable[P, R]:
-    """Turn RequestError (and running out of memory) raised by an API body into its response.
+    """Turn RequestError (and running out of memory) raised by an API body, plain or async, into
+    its response.
 
     Anything else is a bug: it is logged with its traceback and answered as a bare 500 without
     details, so no stack trace or file path reaches the client.
     """
+    if inspect.iscoroutinefunction(api):
+
+        @functools.wraps(api)
+        async def awaiting(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                return await api(*args, **kwargs)
+            except Exception as error:
+                return _answer(api.__name__, error)
+
+        return awaiting  # type: ignore[return-value]
 
     @functools.wraps(api)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return api(*args, **kwargs)
-        except RequestError as error:
-            return error.response()  # type: ignore[return-value]
         except Exception as error:
-            if is_out_of_memory(error):
-                logger.warning("out of memory while answering %s: %s", api.__name__, error)
-                return overloaded("out of memory; retry later").response()  # type: ignore[return-value]
-            logger.exception("unexpected error while answering %s", api.__name__)
-            return internal_error().response()  # type: ignore[return-value]
+            return _answer(api.__name__, error)
 
     return wrapper
+
+
+def _answer(api: str, error: Exception) -> Any:
+    """The response to an error an API body raised."""
+    if isinstance(error, RequestError):
+        return error.response()
+    if is_out_of_memory(error):
+        logger.warning("out of memory while answering %s: %s", api, error)
+        return overloaded("out of memory; retry later").response()
+    logger.exception("unexpected error while answering %s", api, exc_info=error)
+    return internal_error().response()
 
 
 class QuietValidationErrors(logging.Filter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import logging
@@ -151,6 +152,27 @@ class Runtime:
         except FutureTimeout:
             self.batcher.give_up(futures)
             raise self.timed_out() from None
+
+    async def results_async(self, futures: Sequence[Future]) -> list[Any]:
+        """`results` for an async API: awaited on the event loop, no thread blocked. A request
+        cancelled while it waits (its client went away) gives its jobs up as a timeout does."""
+        waiting = [asyncio.wrap_future(future) for future in futures]
+        try:  # asyncio.wait, unlike wait_for, cancels nothing itself: the batcher is told first
+            _, pending = await asyncio.wait(waiting, timeout=self.settings.request_timeout_s)
+        except asyncio.CancelledError:
+            self._give_up(futures, waiting)
+            raise
+        if pending:
+            self._give_up(futures, waiting)
+            raise self.timed_out()
+        return [found.result() for found in waiting]
+
+    def _give_up(self, futures: Sequence[Future], waiting: Sequence[asyncio.Future]) -> None:
+        """Drop the jobs from the batcher, then stop listening for what they may still end
+        with (a failed batch's error would otherwise be logged as never retrieved)."""
+        self.batcher.give_up(futures)
+        for found in waiting:
+            found.cancel()
 
     def timed_out(self) -> RequestError:
         """504: the request time limit passed."""

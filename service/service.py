@@ -160,14 +160,14 @@ class SeqServe:
 
     @bentoml.api(route="/translate")
     @answers_errors
-    def translate(
+    async def translate(
         self,
         sentences: Sentences,
         options: DecodingOptions = DEFAULT_OPTIONS,
         model: ModelName | None = None,
     ) -> TranslateResponse:
         """Translate up to 32 sentences, in order; `model` picks a translator by name or tag."""
-        return self.translations.translate(sentences, options, model)
+        return await self.translations.translate(sentences, options, model)
 
     @bentoml.api(route="/generate")
     @answers_errors

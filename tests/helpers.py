@@ -101,3 +101,10 @@ def translators_runtime(names: str):
     runtime.batcher.start()
     load_models(runtime, [task])
     return runtime, task
+
+
+def translated(task, sentences, options, model):
+    """POST /translate's task method (async), called from a test's thread."""
+    import asyncio
+
+    return asyncio.run(task.translate(sentences, options, model))

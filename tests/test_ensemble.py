@@ -20,6 +20,7 @@ from tests.helpers import (
     assert_alone_as_in_a_batch,
     random_translator,
     toy_vocabulary,
+    translated,
     translators_runtime,
 )
 
@@ -234,10 +235,10 @@ def test_a_configured_ensemble_is_listed_chosen_by_name_and_batched(
         assert response["models"][0]["members"] == listed["members"]
         sentences = list(stored_models.sentences)
         options = decoding(decoding="beam", beam_size=4)
-        answer = task.translate(sentences, options, None)
+        answer = translated(task, sentences, options, None)
         assert answer.model == ensemble_tag
         for name in ("translator+translator_seed2", ensemble_tag):
-            assert task.translate(sentences[:1], options, name).model == ensemble_tag
+            assert translated(task, sentences[:1], options, name).model == ensemble_tag
         # the batched serving path decodes as the ensemble does directly
         served = runtime.models["translator+translator_seed2"]
         direct = translate(
@@ -245,7 +246,7 @@ def test_a_configured_ensemble_is_listed_chosen_by_name_and_batched(
         )
         texts = [served.target.decode(found[0].tokens) for found in direct]
         assert [t.translation for t in answer.translations] == texts
-        assert task.translate(sentences, options, "translator").model == stored_models.translator
+        assert translated(task, sentences, options, "translator").model == stored_models.translator
     finally:
         runtime.batcher.stop()
 
@@ -256,8 +257,8 @@ def test_a_served_ensemble_of_one_model_twice_answers_as_that_model(stored_model
         assert runtime.state == "ready", runtime.problem
         sentences = list(stored_models.sentences)
         for options in (decoding(), decoding(decoding="beam", beam_size=4, n_best=2)):
-            alone = task.translate(sentences, options, "translator").translations
-            twice = task.translate(sentences, options, "translator+translator").translations
+            alone = translated(task, sentences, options, "translator").translations
+            twice = translated(task, sentences, options, "translator+translator").translations
             for a, t in zip(alone, twice, strict=True):
                 assert [x.text for x in t.alternatives] == [x.text for x in a.alternatives]
                 assert t.alternatives[0].score == pytest.approx(a.alternatives[0].score, abs=1e-5)

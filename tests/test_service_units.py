@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import resource
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -410,6 +412,54 @@ def test_requests_before_ready_answer_503_not_ready() -> None:
     with pytest.raises(RequestError) as caught:
         runtime.ready_models()
     assert (caught.value.status, caught.value.code) == (503, "not_ready")
+
+
+def test_an_awaited_request_gets_its_results_or_gives_its_jobs_up() -> None:
+    """Runtime.results_async (async APIs): results as they come; after the time limit 504, and
+    when the request is cancelled (its client left) CancelledError; either way its queued jobs
+    are dropped from the batcher."""
+    from service.runtime import BatchFamily, Runtime
+
+    runtime = Runtime(Settings(torch_threads=1, request_timeout_s=0.2))  # batcher never started
+    family = BatchFamily("translate", "translator", 8, lambda served, jobs: [])
+
+    async def scenario() -> None:
+        answered = Future()
+        asyncio.get_running_loop().call_later(0.01, answered.set_result, "done")
+        assert await runtime.results_async([answered]) == ["done"]
+        late = runtime.batcher.submit(family, 1)
+        with pytest.raises(RequestError) as caught:
+            await runtime.results_async([late])
+        assert caught.value.status == 504 and late.cancelled()
+        left = runtime.batcher.submit(family, 2)
+        waiting = asyncio.create_task(runtime.results_async([left]))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert left.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_async_api_bodies_answer_errors_as_plain_ones_do(caplog) -> None:
+    from service.errors import answers_errors
+
+    @answers_errors
+    async def refusing() -> str:
+        raise RequestError("no such model", "model", code="unknown_model")
+
+    @answers_errors
+    async def broken() -> str:
+        raise KeyError("a bug")
+
+    refused = asyncio.run(refusing())
+    assert refused.status_code == 400 and json.loads(refused.body)["error"]["code"] == (
+        "unknown_model"
+    )
+    failed = asyncio.run(broken())
+    assert failed.status_code == 500 and "a bug" not in failed.body.decode()
+    assert "unexpected error while answering broken" in caplog.text
 
 
 def test_autocast_that_changes_the_golden_output_falls_back_to_fp32(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import translators_runtime
+from tests.helpers import translated, translators_runtime
 from tests.synthetic import english_french_pairs
 from training import export, train_translator
 from training.data import pairs
@@ -117,9 +117,9 @@ def test_an_en_fr_translator_is_trained_exported_listed_and_picked_by_model(
             "target_language": "fr",
         }
         assert runtime.info()["default_translator"] == "translator"
-        picked = task.translate(["the red cat sleeps ."], options(), "translator_en_fr")
+        picked = translated(task, ["the red cat sleeps ."], options(), "translator_en_fr")
         assert picked.model == tag and picked.translations[0].translation
-        assert task.translate(["where is the station ?"], options(), None).model == (
+        assert translated(task, ["where is the station ?"], options(), None).model == (
             stored_models.translator
         )
     finally:

@@ -118,6 +118,7 @@ def test_a_request_past_the_time_limit_answers_504_and_frees_the_model(
         assert quick.status_code == 200, quick.text
         assert elapsed < TIMEOUT_S, f"the next request waited {elapsed:.1f} s"
     fault_server.wait_for_log("all of them timed out", since=since, timeout=5)
+    assert "never retrieved" not in fault_server.log_text()  # the abandoned batch's error
     print(f"FIGURE 504 after {TIMEOUT_S:g} s limit, next request {elapsed:.2f} s")
 
 
