@@ -1,0 +1,226 @@
+"""Where a lone request's time goes in the service: one worker with the shipped models, one client
+sending one request at a time over one keep-alive connection, and py-spy sampling the worker.
+
+Every sample of a thread that was running (py-spy leaves idle threads out; samples whose
+innermost frame waits in select/epoll, a lock, a condition, a queue or a sleep are dropped too)
+goes to one place: "image decoding" when any frame decodes or resizes an image (Pillow,
+torchvision, `images.py`), "model" when any frame is in `models/` or torch, else the innermost frame
+whose file belongs to a known place (the event loop, BentoML, uvicorn, our middleware, our batch
+queue and tasks, pydantic, starlette, threads and futures, image decoding), else "other".
+Samples whose innermost frame is uvloop's run loop are listed apart and not counted: py-spy
+cannot tell its C code at work from a wait in epoll. The table gives each place's share and its
+milliseconds a request (samples / rate / requests). `--rev` profiles the service of a git
+revision instead of this working tree's (a before/after in two runs).
+
+Usage: python -m bench.profile_request [--endpoint translate|caption] [--rev REV]
+       [--duration 20] [--rate 250] [--out bench/results/profile_request_<endpoint>.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import http.client
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.service_ab import worktree
+from bench.serving_load import requests_for
+from harness.server import Server
+
+# (place, substrings of a frame's file), matched innermost frame first; "model" is decided first
+PLACES = (
+    ("image decoding", ("PIL/", "torchvision/", "service/images.py", "models/images.py")),
+    (
+        "our middleware",
+        tuple(
+            f"service/{name}.py"
+            for name in (
+                "admission",
+                "access",
+                "guard",
+                "errors",
+                "metrics",
+                "connections",
+                "openapi",
+            )
+        ),
+    ),  # fmt: skip
+    (
+        "our batch queue and tasks",
+        (
+            "service/batching.py",
+            "service/runtime.py",
+            "service/tasks/",
+            "service/service.py",
+            "service/responses.py",
+        ),
+    ),  # fmt: skip
+    ("pydantic", ("pydantic",)),
+    ("starlette", ("starlette/",)),
+    ("uvicorn, httptools", ("uvicorn/", "httptools")),
+    ("BentoML", ("bentoml", "_bentoml_impl", "_bentoml_sdk")),
+    ("OpenTelemetry, prometheus", ("opentelemetry", "prometheus_client")),
+    ("threads and futures", ("anyio/", "concurrent/futures", "threading.py", "queue.py")),
+    ("event loop", ("asyncio/", "uvloop")),
+)
+MODEL = ("models/", "torch/")  # where a frame's file starts (py-spy shortens paths), or "/" + it
+TOP_STACKS = 5  # per place, in the JSON report
+UVLOOP = "uvloop's C code or epoll (not counted)"
+# innermost functions that wait (a lock, a condition, a queue, a sleep, select/epoll): dropped
+WAITING = frozenset({"wait", "acquire", "sleep", "select", "poll", "_wait_for_tstate_lock"})
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--endpoint", choices=("translate", "caption"), default="translate")
+    parser.add_argument("--rev", default=None, help="profile this git revision's service")
+    parser.add_argument("--duration", type=float, default=20.0, help="s sampled (default: 20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="s before (default: 3)")
+    parser.add_argument("--rate", type=int, default=250, help="samples/s (default: 250)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output")
+    return parser
+
+
+def place_of(frames: list[str]) -> str | None:
+    """The place a sample's stack (outermost first) belongs to; None when it was waiting."""
+    if not frames or function_of(frames[-1]) in WAITING:
+        return None
+    files = [file_of(frame) for frame in frames]
+    if "asyncio/runners.py" in files[-1] or "uvloop" in files[-1]:
+        return UVLOOP  # uvloop's C code, busy or waiting in epoll: py-spy cannot tell which
+    for place, parts in PLACES[:1]:  # decoding and resizing an image call torch too
+        if any(part in file for file in files for part in parts):
+            return place
+    if any(is_model(file) for file in files):
+        return "model"
+    for file in reversed(files):
+        for place, parts in PLACES:
+            if any(part in file for part in parts):
+                return place
+    return "other"
+
+
+def function_of(frame: str) -> str:
+    """The function of a py-spy frame, "Class.function (path/file.py:123)", without its class."""
+    return frame.partition(" (")[0].rpartition(".")[2]
+
+
+def file_of(frame: str) -> str:
+    """The file of a py-spy frame, "function (path/file.py:123)"."""
+    return frame.rpartition("(")[2].rpartition(":")[0]
+
+
+def is_model(file: str) -> bool:
+    """Ours (models/) or torch's, but not BentoML's own models/ package."""
+    if "bentoml" in file:
+        return False
+    return any(file.startswith(part) or f"/{part}" in file for part in MODEL)
+
+
+def places(raw: str) -> tuple[collections.Counter[str], dict[str, list[tuple[str, int]]]]:
+    """py-spy's raw output (a stack and a count per line) -> busy samples per place, and each
+    place's commonest innermost three frames with their samples."""
+    samples: collections.Counter[str] = collections.Counter()
+    ends: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        found = place_of(frames)
+        if found is not None:
+            samples[found] += int(count)
+            ends[found][" <- ".join(reversed(frames[-3:]))] += int(count)
+    return samples, {place: ends[place].most_common(TOP_STACKS) for place in ends}
+
+
+def client_loop(url: str, endpoint: str, stop: threading.Event, sent: list[float]) -> None:
+    """One request at a time over one connection; the end time of each 200 into `sent`."""
+    request = requests_for(endpoint, 64)
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    i = 0
+    while not stop.is_set():
+        r = request[i % len(request)]
+        connection.request("POST", r.path, body=r.body, headers={"Content-Type": r.content_type})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            sent.append(time.perf_counter())
+        i += 1
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    out = args.out or common.RESULTS / f"profile_request_{args.endpoint}.json"
+    report = common.environment(command_args={**vars(args), "out": str(out)})
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seqserve-profile-")))
+        place = stack.enter_context(worktree(args.rev, tmp)) if args.rev else None
+        home = tmp / "bentoml"
+        common.make_store(common.model_dirs("pretrained", tmp), home)
+        env = {"SEQSERVE_DEVICE": "cpu", "SEQSERVE_GPUS": "0", "SEQSERVE_WORKERS": "1"}
+        server = Server.bentoml(home, tmp / "serve.log", env, working_dir=place)
+        with server:
+            server.wait_ready()
+            worker = server.worker()
+            if worker is None:
+                sys.exit("profile_request: no BentoML worker process found")
+            stop, sent = threading.Event(), []
+            client = threading.Thread(
+                target=client_loop, args=(server.url, args.endpoint, stop, sent)
+            )
+            client.start()
+            time.sleep(args.warmup)
+            raw = tmp / "profile.txt"
+            started = time.perf_counter()
+            subprocess.run(
+                ["py-spy", "record", "--pid", str(worker.pid), "--duration",
+                 str(int(args.duration)), "--rate", str(args.rate), "--format", "raw",
+                 "--nonblocking", "--output", str(raw)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            ended = time.perf_counter()
+            stop.set()
+            client.join()
+            load = common.load_average()[0]
+            samples, stacks = places(raw.read_text())
+    done = [t for t in sent if started <= t <= ended]
+    gaps = [b - a for a, b in zip(done, done[1:], strict=False)]
+    busy = sum(n for place, n in samples.items() if place != UVLOOP)
+    per_request = 1000 / args.rate / max(1, len(done))
+    rows = [
+        [place, f"{100 * n / busy:.1f}%" if place != UVLOOP else "", f"{n * per_request:.2f}"]
+        for place, n in samples.most_common()
+    ]
+    rows.append(["all busy samples", "100%", f"{busy * per_request:.2f}"])
+    print(
+        f"{args.endpoint}: {len(done)} requests in {ended - started:.1f} s, "
+        f"p50 {1000 * statistics.median(gaps):.2f} ms between answers, {busy} busy samples, "
+        f"load {load}"
+    )
+    common.print_table(["where", "share of busy samples", "ms a request"], rows)
+    report.update(
+        requests=len(done),
+        seconds=round(ended - started, 2),
+        p50_between_answers_ms=round(1000 * statistics.median(gaps), 2) if gaps else None,
+        busy_samples=busy,
+        samples=dict(samples),
+        ms_per_request={place: round(n * per_request, 3) for place, n in samples.items()},
+        top_stacks=stacks,
+        load_average=load,
+    )
+    common.write_report(report, out)
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
