@@ -155,7 +155,8 @@ class Runtime:
 
     async def results_async(self, futures: Sequence[Future]) -> list[Any]:
         """`results` for an async API: awaited on the event loop, no thread blocked. A request
-        cancelled while it waits (its client went away) gives its jobs up as a timeout does."""
+        cancelled while it waits (BentoML's own timeout, a shutdown) gives its jobs up as a
+        timeout does. A client that only disconnects cancels nothing: uvicorn lets the handler run."""
         waiting = [asyncio.wrap_future(future) for future in futures]
         try:  # asyncio.wait, unlike wait_for, cancels nothing itself: the batcher is told first
             _, pending = await asyncio.wait(waiting, timeout=self.settings.request_timeout_s)

@@ -416,7 +416,7 @@ def test_requests_before_ready_answer_503_not_ready() -> None:
 
 def test_an_awaited_request_gets_its_results_or_gives_its_jobs_up() -> None:
     """Runtime.results_async (async APIs): results as they come; after the time limit 504, and
-    when the request is cancelled (its client left) CancelledError; either way its queued jobs
+    when the request is cancelled CancelledError; either way its queued jobs
     are dropped from the batcher."""
     from service.runtime import BatchFamily, Runtime
 
