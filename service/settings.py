@@ -9,6 +9,9 @@ from pathlib import Path
 MiB = 1024 * 1024
 MIN_API_KEY = 16  # characters; a short key is guessable
 IMAGE_DECODE = ("auto", "cpu", "device")  # where JPEG uploads are decoded
+# images per captioning batch when MAX_BATCH_IMAGES is 0 (see Settings.image_batch)
+GPU_IMAGE_BATCH = 32
+CPU_IMAGE_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Settings:
     api_threads: int = 64  # BentoML threads: requests being decoded or waiting on a batch
     request_timeout_s: float = 60.0
     gpus: float = 1.0  # what `resources` asks for; a CPU-only host still starts (see docs)
-    max_batch_images: int = 32  # rows per batched forward
+    max_batch_images: int = 0  # images per batched forward; 0: 4 on the CPU, 32 on a GPU
     max_batch_sentences: int = 64
     batch_wait_ms: float = 5.0  # longest wait for requests that are still being decoded
     max_queue_rows: int = 1024  # queued rows beyond this answer 503
@@ -93,6 +96,14 @@ class Settings:
             self.image_decode == "auto" and device_type == "cuda"
         )
 
+    def image_batch(self, device_type: str) -> int:
+        """MAX_BATCH_IMAGES, or when 0: GPU_IMAGE_BATCH on CUDA, CPU_IMAGE_BATCH elsewhere. On
+        the CPU the encoder runs slower per image as the batch grows, so big batches cost
+        throughput there (bench/README.md, "Captions in small batches on the CPU")."""
+        if self.max_batch_images > 0:
+            return self.max_batch_images
+        return GPU_IMAGE_BATCH if device_type == "cuda" else CPU_IMAGE_BATCH
+
     def connection_age_s(self) -> float:
         """MAX_CONNECTION_AGE_S with two or more workers; 0 (never) with one, which has nobody
         to hand a connection to."""
@@ -104,7 +115,8 @@ class Settings:
         API_THREADS: a call without a thread waits outside the batch queue, holding its body."""
         if self.max_in_flight > 0:
             return self.max_in_flight
-        return min(self.api_threads, 2 * max(self.max_batch_images, self.max_batch_sentences))
+        images = self.max_batch_images or GPU_IMAGE_BATCH  # the larger automatic batch
+        return min(self.api_threads, 2 * max(images, self.max_batch_sentences))
 
     @property
     def translator_names(self) -> list[str]:

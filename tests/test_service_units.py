@@ -189,6 +189,14 @@ def test_bentoml_arrays_and_plain_text_become_one_shape() -> None:
     assert rewrite_error(400, json.dumps(ours).encode(), {}) == ours
 
 
+def test_captioning_batches_are_small_on_the_cpu_and_large_on_a_gpu_unless_set() -> None:
+    """On the CPU the encoder is slower per image in big batches (bench/README.md)."""
+    auto = Settings()
+    assert (auto.image_batch("cpu"), auto.image_batch("cuda")) == (4, 32)
+    assert Settings(max_batch_images=16).image_batch("cpu") == 16
+    assert auto.in_flight_limit() == Settings(max_batch_images=32).in_flight_limit()
+
+
 def test_settings_come_from_the_environment() -> None:
     settings = Settings.from_env({"SEQSERVE_MAX_BATCH_IMAGES": "4", "SEQSERVE_TRANSLATORS": "a, b"})
     assert settings.max_batch_images == 4 and settings.translator_names == ["a", "b"]

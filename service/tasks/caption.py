@@ -78,9 +78,9 @@ class CaptionTask:
         settings = runtime.settings
         self.runtime = runtime
         self.names = {"en": settings.captioner, "de": settings.captioner_de}
+        batch = settings.image_batch(runtime.device.type)
         self.families = {
-            name: BatchFamily("caption", name, settings.max_batch_images, run_batch)
-            for name in self.names.values()
+            name: BatchFamily("caption", name, batch, run_batch) for name in self.names.values()
         }
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb check, as a backstop
         self.image_limits = ImageLimits(settings.max_image_pixels, settings.max_aspect_ratio)
