@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -105,6 +107,4 @@ def translators_runtime(names: str):
 
 def translated(task, sentences, options, model):
     """POST /translate's task method (async), called from a test's thread."""
-    import asyncio
-
     return asyncio.run(task.translate(sentences, options, model))
