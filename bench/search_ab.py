@@ -1,10 +1,10 @@
-"""Before/after of a change to models/search.py: bench.decode's cells with the beam search of a
-given git revision against the working tree's, alternating.
+"""Before/after of a change to models/search.py: bench.decode's cells with the searches (greedy
+and sampled, beam) of a given git revision against the working tree's, alternating.
 
 Usage: python -m bench.search_ab [--rev 50e6326] [--batches 16 64] [--repeats 2]
        [--out bench/results/search_ab.json]
-The old module is loaded from `git show REV:models/search.py`; greedy search is the working tree's
-on both sides, so only beam search (and the constraint masking it calls) differs. Each cell first
+The old module is loaded from `git show REV:models/search.py` and its SWAPPED functions stand in
+for the working tree's (those it has; `decode` itself stays the working tree's). Each cell first
 counts the inputs whose hypotheses differ between the two sides (0 for a pure speed change).
 """
 
@@ -36,7 +36,11 @@ KEYS = (
     "beam5_one_at_a_time_cpu",
     "batched_beam_speedup_cpu",
 )
+SWAPPED = ("sequential_search", "beam_search", "_constrain")
 CHECKS = (  # what `differing_inputs` compares: n-best, length penalty, the n-gram block
+    decode.GREEDY,
+    SearchOptions("sample", n_best=3, max_length=30, seed=5, top_k=20),
+    SearchOptions("greedy", max_length=30, no_repeat_ngram_size=2),
     decode.BEAM,
     SearchOptions("beam", beam_size=5, n_best=5, max_length=30, length_penalty=0.6),
     SearchOptions("beam", beam_size=3, n_best=3, max_length=20, no_repeat_ngram_size=3),
@@ -76,9 +80,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     report = common.environment(rev=args.rev, threads=args.threads, results={})
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmp:
         before = module_at(args.rev, Path(tmp))
+        names = [name for name in SWAPPED if hasattr(before, name)]
         sides = {
-            "before": (before.beam_search, before._constrain),
-            "after": (current.beam_search, current._constrain),
+            "before": {name: getattr(before, name) for name in names},
+            "after": {name: getattr(current, name) for name in names},
         }
         dirs = common.model_dirs("pretrained", Path(tmp))
         try:
@@ -101,13 +106,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                             flush=True,
                         )
         finally:
-            current.beam_search, current._constrain = sides["after"]
+            use(sides["after"])
     common.write_report(report, args.out)
     return report
 
 
+def use(functions: dict[str, Any]) -> None:
+    """Put one side's search functions in models.search."""
+    for name, function in functions.items():
+        setattr(current, name, function)
+
+
 def timed_sides(
-    kind: str, loaded: LoadedModel, batch: int, sides: dict[str, tuple], repeats: int
+    kind: str, loaded: LoadedModel, batch: int, sides: dict[str, dict[str, Any]], repeats: int
 ) -> dict[str, dict[str, Any]]:
     """bench.decode's cell for each side, the sides alternating (and swapping order) per repeat;
     medians, and the load average of each repeat."""
@@ -115,7 +126,7 @@ def timed_sides(
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(repeats):
         for side in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:
-            current.beam_search, current._constrain = sides[side]
+            use(sides[side])
             runs[side].append(decode.measure(kind, loaded, batch, cell_args))
     results = {}
     for side, cells in runs.items():
@@ -124,13 +135,13 @@ def timed_sides(
     return results
 
 
-def differing_inputs(kind: str, loaded: LoadedModel, batch: int, sides: dict[str, tuple]) -> int:
+def differing_inputs(kind: str, loaded: LoadedModel, batch: int, sides: dict[str, dict[str, Any]]) -> int:
     """How many of the cell's inputs get hypotheses from the two sides that are not bit for bit
     the same (tokens, scores, token log-probabilities, attention), over the CHECKS options."""
     run = decode.decoders(kind, loaded, batch, torch.device("cpu"), "none")
     found = {}
     for side, functions in sides.items():
-        current.beam_search, current._constrain = functions
+        use(functions)
         found[side] = [row for options in CHECKS for row in run(options, slice(0, batch))]
     return sum(not _identical(a, b) for a, b in zip(found["before"], found["after"], strict=True))
 

@@ -98,40 +98,56 @@ def _limits(
 def sequential_search(
     stepper: Stepper, state: DecoderState, options: SearchOptions, limits: Tensor
 ) -> list[Hypothesis]:
-    """Greedy or sampled decoding of N rows at once: one forward per step for the whole batch."""
+    """Greedy or sampled decoding of N rows at once: one forward per step for the rows still
+    decoding. A row that produces END or reaches its limit leaves the batch (its state rows are
+    dropped), so a batch costs about the sum of its rows' lengths, not N times the longest."""
     rows, device = limits.size(0), limits.device
+    steps = int(limits.max())
     prev = torch.full((rows,), START, dtype=torch.long, device=device)
     seeds = _row_seeds(options, rows, device) if options.method == "sample" else None
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    tokens, token_lps, attentions = [], [], []
-    for t in range(int(limits.max())):
-        log_probs, state = stepper.step(prev, state)  # (N, V)
-        history = _history(tokens, options, prev)
+    live = torch.arange(rows, device=device)  # (A,) the original row of each row still decoding
+    tokens = torch.full((steps, rows), PAD, dtype=torch.long, device=device)  # PAD after the end
+    token_lps = torch.zeros((steps, rows), device=device)
+    attention: Tensor | None = None  # (T, N, S) once the stepper reports attention
+    for t in range(steps):
+        log_probs, state = stepper.step(prev, state)  # (A, V)
+        history = _history(tokens[:t], live, options)
         log_probs = _constrain(log_probs, t, history, options)
         if seeds is None:
-            choice = log_probs.argmax(dim=-1)  # (N,)
+            choice = log_probs.argmax(dim=-1)  # (A,)
         else:
             choice = _sample(log_probs, seeds, t, options)
-        choice = choice.masked_fill(finished, PAD)
-        tokens.append(choice)
-        token_lps.append(log_probs.gather(1, choice.unsqueeze(1)).squeeze(1))
+        tokens[t, live] = choice
+        token_lps[t, live] = log_probs.gather(1, choice.unsqueeze(1)).squeeze(1)
         if state.attention is not None:
-            attentions.append(state.attention)
-        finished = finished | (choice == END) | (t + 1 >= limits)
-        if bool(finished.all()):
+            if attention is None:
+                attention = state.attention.new_zeros((steps, rows, state.attention.size(1)))
+            attention[t, live] = state.attention
+        going = (choice != END) & (t + 1 < limits)  # (A,)
+        still = int(going.sum())
+        if still == 0:
+            steps = t + 1
             break
+        if still < live.size(0):  # some rows are done: the others go on without them
+            keep = going.nonzero().squeeze(1)
+            live, limits, choice = live[keep], limits[keep], choice[keep]
+            seeds = seeds[keep] if seeds is not None else None
+            state = state.select(keep, include_static=True)
         prev = choice
-    attention = torch.stack(attentions, dim=1) if attentions else None  # (N, T, S)
     return _rows_to_hypotheses(
-        torch.stack(tokens, 1), torch.stack(token_lps, 1), attention, options
+        tokens[:steps].T,
+        token_lps[:steps].T,
+        attention[:steps].transpose(0, 1) if attention is not None else None,
+        options,
     )
 
 
-def _history(tokens: list[Tensor], options: SearchOptions, prev: Tensor) -> Tensor:
-    """The tokens so far (N, t), built only when the n-gram block needs them."""
-    if tokens and options.no_repeat_ngram_size > 0:
-        return torch.stack(tokens, dim=1)
-    return prev.new_empty((prev.size(0), 0))
+def _history(tokens: Tensor, live: Tensor, options: SearchOptions) -> Tensor:
+    """The live rows' tokens so far (A, t) from `tokens` (t, N), built only when the n-gram
+    block needs them."""
+    if tokens.size(0) and options.no_repeat_ngram_size > 0:
+        return tokens[:, live].T
+    return tokens.new_empty((live.size(0), 0))
 
 
 def _rows_to_hypotheses(

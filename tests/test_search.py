@@ -123,11 +123,12 @@ class StaticStepper:
         return torch.log_softmax(logits, dim=-1), DecoderState({"t": t + 1}, static)
 
 
-def test_inputs_leaving_the_batch_take_their_static_state_along() -> None:
-    """Beam search drops a done input's static rows (moving the others' in place): every input's
-    hypotheses are exactly those it gets alone."""
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_inputs_leaving_the_batch_take_their_static_state_along(method: str) -> None:
+    """Every search drops a done input's rows, static state included (beam search moves the
+    others' in place): every input's hypotheses are exactly those it gets alone."""
     stepper = StaticStepper(seed=11, inputs=9)
-    options = SearchOptions("beam", beam_size=3, n_best=3, max_length=12)
+    options = SearchOptions(method, beam_size=3, n_best=3, max_length=12, seed=3)
     together = decode(stepper, stepper.state(slice(0, 9)), options)
     for i, hypotheses in enumerate(together):
         (alone,) = decode(stepper, stepper.state(slice(i, i + 1)), options)
@@ -135,6 +136,29 @@ def test_inputs_leaving_the_batch_take_their_static_state_along() -> None:
             (h.tokens, h.score, h.token_log_probs) for h in alone
         ]
     assert len({len(r[0].token_log_probs) for r in together}) > 2  # they did end apart
+
+
+class RowCounting(StaticStepper):
+    """A StaticStepper that records how many rows each step computes."""
+
+    def __init__(self, seed: int, inputs: int) -> None:
+        super().__init__(seed, inputs)
+        self.rows: list[int] = []
+
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        self.rows.append(prev_tokens.size(0))
+        return super().step(prev_tokens, state)
+
+
+@pytest.mark.parametrize("limit", [12, 4])
+def test_greedy_steps_compute_only_the_rows_still_decoding(limit: int) -> None:
+    """A row that ends (END, or its length limit) is not computed again: step t computes the
+    inputs that have not ended before it, so a batch costs the sum of its lengths."""
+    stepper = RowCounting(seed=11, inputs=9)
+    decode(stepper, stepper.state(slice(0, 9)), SearchOptions("greedy", max_length=limit))
+    ends = [min(int(e), limit - 1) for e in stepper.end_at[:, 0]]  # the step each input ends at
+    assert stepper.rows == [sum(end >= t for end in ends) for t in range(max(ends) + 1)]
+    assert stepper.rows[-1] < 9
 
 
 @pytest.mark.parametrize(("cell", "attention"), MODELS)
