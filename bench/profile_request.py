@@ -1,5 +1,7 @@
-"""Where a lone request's time goes in the service: one worker with the shipped models, one client
-sending one request at a time over one keep-alive connection, and py-spy sampling the worker.
+"""Where a request's time goes in the service: one worker with the shipped models, one client
+(or `--clients N`, each its own thread and keep-alive connection) sending one request at a time,
+and py-spy sampling the worker. With several clients the milliseconds a request are worker CPU
+time per answer under load (threads that run at once both count), beside the rows per batch.
 
 Every sample of a thread that was running (py-spy leaves idle threads out; samples whose
 innermost frame waits in select/epoll, a lock, a condition, a queue or a sleep are dropped too)
@@ -13,7 +15,7 @@ milliseconds a request (samples / rate / requests). `--rev` profiles the service
 revision instead of this working tree's (a before/after in two runs).
 
 Usage: python -m bench.profile_request [--endpoint translate|caption] [--rev REV]
-       [--duration 20] [--rate 250] [--out bench/results/profile_request_<endpoint>.json]
+       [--clients 1] [--duration 20] [--rate 250] [--out bench/results/profile_request_<endpoint>[_c<N>].json]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from bench import common
 from bench.service_ab import worktree
-from bench.serving_load import requests_for
+from bench.serving_load import batch_rows, requests_for
 from harness.server import Server
 
 # (place, substrings of a frame's file), matched innermost frame first; "model" is decided first
@@ -83,6 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--endpoint", choices=("translate", "caption"), default="translate")
     parser.add_argument("--rev", default=None, help="profile this git revision's service")
+    parser.add_argument("--clients", type=int, default=1, help="concurrent clients (default: 1)")
     parser.add_argument("--duration", type=float, default=20.0, help="s sampled (default: 20)")
     parser.add_argument("--warmup", type=float, default=3.0, help="s before (default: 3)")
     parser.add_argument("--rate", type=int, default=250, help="samples/s (default: 250)")
@@ -143,12 +146,14 @@ def places(raw: str) -> tuple[collections.Counter[str], dict[str, list[tuple[str
     return samples, {place: ends[place].most_common(TOP_STACKS) for place in ends}
 
 
-def client_loop(url: str, endpoint: str, stop: threading.Event, sent: list[float]) -> None:
+def client_loop(
+    url: str, endpoint: str, stop: threading.Event, sent: list[float], first: int = 0
+) -> None:
     """One request at a time over one connection; the end time of each 200 into `sent`."""
     request = requests_for(endpoint, 64)
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    i = 0
+    i = first
     while not stop.is_set():
         r = request[i % len(request)]
         connection.request("POST", r.path, body=r.body, headers={"Content-Type": r.content_type})
@@ -160,7 +165,8 @@ def client_loop(url: str, endpoint: str, stop: threading.Event, sent: list[float
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    out = args.out or common.RESULTS / f"profile_request_{args.endpoint}.json"
+    suffix = f"_c{args.clients}" if args.clients > 1 else ""
+    out = args.out or common.RESULTS / f"profile_request_{args.endpoint}{suffix}.json"
     report = common.environment(command_args={**vars(args), "out": str(out)})
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seqserve-profile-")))
@@ -175,10 +181,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if worker is None:
                 sys.exit("profile_request: no BentoML worker process found")
             stop, sent = threading.Event(), []
-            client = threading.Thread(
-                target=client_loop, args=(server.url, args.endpoint, stop, sent)
-            )
-            client.start()
+            clients = [
+                threading.Thread(
+                    target=client_loop, args=(server.url, args.endpoint, stop, sent, 7 * i)
+                )
+                for i in range(args.clients)
+            ]
+            for client in clients:
+                client.start()
+            rows_before = batch_rows(server.url)
             time.sleep(args.warmup)
             raw = tmp / "profile.txt"
             started = time.perf_counter()
@@ -189,12 +200,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 check=True, capture_output=True,
             )  # fmt: skip
             ended = time.perf_counter()
+            rows_after = batch_rows(server.url)
             stop.set()
-            client.join()
+            for client in clients:
+                client.join()
             load = common.load_average()[0]
             samples, stacks = places(raw.read_text())
-    done = [t for t in sent if started <= t <= ended]
+    done = sorted(t for t in sent if started <= t <= ended)
     gaps = [b - a for a, b in zip(done, done[1:], strict=False)]
+    batches = rows_after[1] - rows_before[1]
+    rows_per_batch = (rows_after[0] - rows_before[0]) / batches if batches else None
     busy = sum(n for place, n in samples.items() if place != UVLOOP)
     per_request = 1000 / args.rate / max(1, len(done))
     rows = [
@@ -203,14 +218,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ]
     rows.append(["all busy samples", "100%", f"{busy * per_request:.2f}"])
     print(
-        f"{args.endpoint}: {len(done)} requests in {ended - started:.1f} s, "
-        f"p50 {1000 * statistics.median(gaps):.2f} ms between answers, {busy} busy samples, "
-        f"load {load}"
+        f"{args.endpoint}, {args.clients} client(s): {len(done)} requests in "
+        f"{ended - started:.1f} s ({len(done) / (ended - started):.1f}/s), p50 "
+        f"{1000 * statistics.median(gaps):.2f} ms between answers, {busy} busy samples, "
+        f"rows per batch {rows_per_batch and round(rows_per_batch, 1)}, load {load}"
     )
     common.print_table(["where", "share of busy samples", "ms a request"], rows)
     report.update(
         requests=len(done),
         seconds=round(ended - started, 2),
+        answers_per_second=round(len(done) / (ended - started), 1),
+        rows_per_batch=rows_per_batch and round(rows_per_batch, 2),
         p50_between_answers_ms=round(1000 * statistics.median(gaps), 2) if gaps else None,
         busy_samples=busy,
         samples=dict(samples),
