@@ -135,7 +135,9 @@ def timed_sides(
     return results
 
 
-def differing_inputs(kind: str, loaded: LoadedModel, batch: int, sides: dict[str, dict[str, Any]]) -> int:
+def differing_inputs(
+    kind: str, loaded: LoadedModel, batch: int, sides: dict[str, dict[str, Any]]
+) -> int:
     """How many of the cell's inputs get hypotheses from the two sides that are not bit for bit
     the same (tokens, scores, token log-probabilities, attention), over the CHECKS options."""
     run = decode.decoders(kind, loaded, batch, torch.device("cpu"), "none")
