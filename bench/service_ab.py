@@ -7,8 +7,12 @@ rounds, and every round's figures. A fresh server per round matters: which worke
 connection lands on is decided as the clients connect (bench/README.md, "Connections on one
 worker").
 
+`--before-env` / `--after-env NAME=VALUE ...` add environment variables to one side's server:
+with `--rev HEAD` that compares two settings of the same code.
+
 Usage: python -m bench.service_ab [--rev HEAD] [--endpoint translate|caption]
-       [--concurrency 1 32] [--rounds 5] [--duration 10] [--out bench/results/service_ab.json]
+       [--concurrency 1 32] [--rounds 5] [--duration 10] [--before-env SEQSERVE_X=1 ...]
+       [--after-env ...] [--out bench/results/service_ab.json]
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="servers per side (default: 5)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured s (default: 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="s before each (default: 2)")
+    for side in SIDES:
+        parser.add_argument(
+            f"--{side}-env", nargs="*", default=[], metavar="NAME=VALUE",
+            help=f"environment variables for the {side} side's server",
+        )  # fmt: skip
     common.add_out_argument(parser, "service_ab.json")
     return parser
 
@@ -65,10 +74,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         common.make_store(common.model_dirs("pretrained", Path(tmp)), home)
         places = {"before": before, "after": common.ROOT}
         env = {"SEQSERVE_DEVICE": "cpu", "SEQSERVE_GPUS": "0"}
+        extra = {side: _variables(getattr(args, f"{side}_env")) for side in SIDES}
         for round_ in range(args.rounds):
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
                 log = Path(tmp) / f"{side}_{round_}.log"
-                with Server.bentoml(home, log, env, working_dir=places[side]) as server:
+                side_env = {**env, **extra[side]}
+                with Server.bentoml(home, log, side_env, working_dir=places[side]) as server:
                     server.wait_ready()
                     for clients in args.concurrency:
                         found = run_cell(server, args.endpoint, clients, args)
@@ -104,6 +115,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     common.write_report(report, args.out)
     return report
+
+
+def _variables(pairs: list[str]) -> dict[str, str]:
+    """["NAME=VALUE", ...] -> {NAME: VALUE}; exits naming a pair without "="."""
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise SystemExit(f"service_ab: expected NAME=VALUE, got {bad[0]!r}")
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 if __name__ == "__main__":
