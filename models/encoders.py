@@ -275,9 +275,9 @@ class TextEncoder(nn.Module):
     def forward(self, source: Tensor, lengths: Tensor) -> Memory:
         """source (B, S) padded with PAD, lengths (B,) -> Memory(context (B, D*H), grid, mask)."""
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
-        outputs, state = self.rnn(embedded, lengths=lengths)  # (B, S, D*H)
+        outputs, final_h = self.rnn.outputs_and_final_h(embedded, lengths)  # (B, S, D*H)
         directions = 2 if self.config.bidirectional else 1
-        last_layer = state["h"][:, -directions:]  # (B, D, H): top layer, each direction's final h
+        last_layer = final_h[:, -directions:]  # (B, D, H): top layer, each direction's final h
         context = last_layer.reshape(source.size(0), -1)  # (B, D*H)
         mask = torch.arange(source.size(1), device=source.device) < lengths.unsqueeze(1)  # (B, S)
         return Memory(context=context, grid=self.dropout(outputs), mask=mask)

@@ -13,6 +13,9 @@ CellType = Literal["rnn", "gru", "lstm"]
 _LAYERS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 _CELLS = {"rnn": torch.rnn_tanh_cell, "gru": torch.gru_cell, "lstm": torch.lstm_cell}
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# below this share of real steps in a padded batch, packed rows encode faster on the CPU than
+# the padded batch in oneDNN's LSTM (measured on test sentences, batches of 4 to 64: bench/README.md)
+_UNPACKED_FILL = 0.4
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,47 @@ class RecurrentCore(nn.Module):
             )
         return outputs, self._to_batch_major(hx)
 
+    def outputs_and_final_h(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """What `forward(inputs, lengths=lengths)` gives an encoder: outputs (B, T, D*H), zero
+        past each row's length, and the final h (B, L*D, H) (no c: it is not in the outputs).
+
+        An LSTM on the CPU out of training runs without packing: each direction of each layer goes over the
+        padded batch in one call, the backward one over each row reversed within its length, so
+        torch can use oneDNN's LSTM; on packed rows of unequal length it steps through a loop of
+        small matrix products instead (2-3x slower at batch 8, bench/README.md). Same numbers
+        within float rounding. Rows all of full length need no packing and run as one call;
+        mostly padding (real steps under _UNPACKED_FILL of the padded batch), other cells,
+        training and CUDA (where cuDNN takes packed rows as they are) pack.
+        """
+        batch, steps = inputs.shape[:2]
+        lengths = lengths.to(inputs.device)
+        full = bool((lengths == steps).all())
+        sparse = int(lengths.sum()) < _UNPACKED_FILL * batch * steps
+        if full or sparse or self.training or not self.is_lstm or inputs.device.type != "cpu":
+            outputs, state = self(inputs, lengths=None if full else lengths)
+            return outputs, state["h"]
+        positions = torch.arange(steps, device=inputs.device)
+        valid = positions < lengths.unsqueeze(1)  # (B, T)
+        # within-length reversal: t -> length-1-t for real positions, pads stay where they are
+        reverse = torch.where(valid, lengths.unsqueeze(1) - 1 - positions, positions)  # (B, T)
+        rows, ends = torch.arange(batch, device=inputs.device), lengths - 1
+        initial = self.initial_state(batch)
+        directions = 2 if self.config.bidirectional else 1
+        x, finals = inputs, []
+        for layer in range(self.config.num_layers):
+            outputs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                suffix = "_reverse" if direction else ""
+                weights = [getattr(self.rnn, f"{name}_l{layer}{suffix}") for name in _WEIGHTS]
+                hx = [initial[key][:, k].unsqueeze(0).contiguous() for key in ("h", "c")]
+                seq = _time_gather(x, reverse) if direction else x
+                out = torch.lstm(seq, hx, weights, True, 1, 0.0, False, False, True)[0]
+                finals.append(out[rows, ends])  # (B, H): after each row's last real step
+                outputs.append(_time_gather(out, reverse) if direction else out)
+            x = torch.cat(outputs, dim=-1)  # (B, T, D*H)
+        return x.masked_fill(~valid.unsqueeze(-1), 0.0), torch.stack(finals, dim=1)
+
     @property
     def _steps_by_cell(self) -> bool:
         """Whether one step may skip nn.RNNBase: unidirectional, and no dropout between layers."""
@@ -134,3 +178,8 @@ class RecurrentCore(nn.Module):
         if isinstance(hx, tuple):
             return {"h": hx[0].transpose(0, 1), "c": hx[1].transpose(0, 1)}  # (B, L*D, H)
         return {"h": hx.transpose(0, 1)}
+
+
+def _time_gather(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, T, F) with each row's time steps taken in the order of index (B, T)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))

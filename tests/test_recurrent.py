@@ -28,6 +28,31 @@ def test_zero_initial_state_is_not_trained() -> None:
     assert not core.init_h.requires_grad and torch.equal(core.init_h, torch.zeros_like(core.init_h))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, True), (2, True), (2, False)])
+def test_encoder_outputs_unpacked_equal_the_packed_ones(
+    cell: str, layers: int, bidirectional: bool
+) -> None:
+    """`outputs_and_final_h` (an LSTM on the CPU out of training: one call per direction over the
+    padded rows) gives what the packed forward gives: outputs zero past each row's length, and
+    each direction's h after the row's own last real step."""
+    torch.manual_seed(1)
+    config = RecurrentConfig(6, 9, cell, layers, bidirectional=bidirectional, learned_init=True)
+    core = RecurrentCore(config).eval()
+    with torch.no_grad():
+        core.init_h.normal_()  # a learned initial state must be used by both paths
+    inputs, lengths = torch.randn(5, 8, 6), torch.tensor([8, 3, 1, 6, 8])
+    expected_outputs, expected = core(inputs, lengths=lengths)
+    outputs, final_h = core.outputs_and_final_h(inputs, lengths)
+    torch.testing.assert_close(outputs, expected_outputs)
+    torch.testing.assert_close(final_h, expected["h"])
+    assert not outputs[1, 3:].any() and not outputs[2, 1:].any()
+    same, _ = core(inputs[:2, :4])  # rows all of full length: one unpacked call
+    torch.testing.assert_close(
+        core.outputs_and_final_h(inputs[:2, :4], torch.tensor([4, 4]))[0], same
+    )
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_lengths_give_each_row_its_own_final_state(bidirectional: bool) -> None:
     torch.manual_seed(0)
