@@ -13,8 +13,8 @@ CellType = Literal["rnn", "gru", "lstm"]
 _LAYERS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 _CELLS = {"rnn": torch.rnn_tanh_cell, "gru": torch.gru_cell, "lstm": torch.lstm_cell}
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# below this share of real steps in a padded batch, packed rows encode faster on the CPU than
-# the padded batch in oneDNN's LSTM (measured on test sentences, batches of 4 to 64: bench/README.md)
+# below this share of real steps in a padded batch, packed rows encode faster on the CPU than the
+# padded batch in oneDNN's LSTM (test sentences, batches of 8 to 64: `python -m bench.encode`)
 _UNPACKED_FILL = 0.4
 
 
@@ -106,13 +106,14 @@ class RecurrentCore(nn.Module):
         """What `forward(inputs, lengths=lengths)` gives an encoder: outputs (B, T, D*H), zero
         past each row's length, and the final h (B, L*D, H) (no c: it is not in the outputs).
 
-        An LSTM on the CPU out of training runs without packing: each direction of each layer goes over the
-        padded batch in one call, the backward one over each row reversed within its length, so
-        torch can use oneDNN's LSTM; on packed rows of unequal length it steps through a loop of
-        small matrix products instead (2-3x slower at batch 8, bench/README.md). Same numbers
-        within float rounding. Rows all of full length need no packing and run as one call;
-        mostly padding (real steps under _UNPACKED_FILL of the padded batch), other cells,
-        training and CUDA (where cuDNN takes packed rows as they are) pack.
+        An LSTM on the CPU out of training runs without packing: each direction of each layer
+        goes over the padded batch in one call, the backward one over each row reversed within
+        its length, so torch can use oneDNN's LSTM; on packed rows of unequal length it steps
+        through a loop of small matrix products instead (1.5x slower at batch 8: `python -m
+        bench.encode`). Same numbers within float rounding. Rows all of full length need no
+        packing and run as one call. Batches that are mostly padding (real steps under
+        _UNPACKED_FILL of the padded batch), other cells, training and CUDA (where cuDNN takes
+        packed rows as they are) pack.
         """
         batch, steps = inputs.shape[:2]
         lengths = lengths.to(inputs.device)
