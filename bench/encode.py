@@ -86,11 +86,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ["fill from", "batches", "packed / unpacked time, median"],
         [[edge, n, f"{ratio:.2f}"] for edge, (n, ratio) in by_fill.items()],
     )
+    by_fill_report = {str(e): {"batches": n, "ratio": r} for e, (n, r) in by_fill.items()}
     report.update(
         ms_per_batch={str(b): t for b, t in by_batch.items()},
-        packed_over_unpacked_by_fill={str(e): {"batches": n, "ratio": r} for e, (n, r) in by_fill.items()},
+        packed_over_unpacked_by_fill=by_fill_report,
         load_average_end=common.load_average(),
-    )  # fmt: skip
+    )
     common.write_report(report, args.out)
     return report
 
