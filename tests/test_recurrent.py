@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models import recurrent
 from models.attention import doubly_stochastic_penalty
 from models.decoders import DecoderConfig, Memory, RecurrentDecoder
 from models.recurrent import RecurrentConfig, RecurrentCore
@@ -31,11 +32,12 @@ def test_zero_initial_state_is_not_trained() -> None:
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize(("layers", "bidirectional"), [(1, True), (2, True), (2, False)])
 def test_encoder_outputs_unpacked_equal_the_packed_ones(
-    cell: str, layers: int, bidirectional: bool
+    cell: str, layers: int, bidirectional: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`outputs_and_final_h` (an LSTM on the CPU out of training: one call per direction over the
     padded rows) gives what the packed forward gives: outputs zero past each row's length, and
     each direction's h after the row's own last real step."""
+    monkeypatch.setattr(recurrent, "_UNPACKED_FILL", 0.0)  # whatever the fill, LSTMs go unpacked
     torch.manual_seed(1)
     config = RecurrentConfig(6, 9, cell, layers, bidirectional=bidirectional, learned_init=True)
     core = RecurrentCore(config).eval()
