@@ -115,7 +115,7 @@ class Settings:
         API_THREADS: a call without a thread waits outside the batch queue, holding its body."""
         if self.max_in_flight > 0:
             return self.max_in_flight
-        images = self.max_batch_images or GPU_IMAGE_BATCH  # the larger automatic batch
+        images = self.image_batch("cuda")  # the door does not know the device: the larger
         return min(self.api_threads, 2 * max(images, self.max_batch_sentences))
 
     @property
