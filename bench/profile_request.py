@@ -14,6 +14,14 @@ cannot tell its C code at work from a wait in epoll. The table gives each place'
 milliseconds a request (samples / rate / requests). `--rev` profiles the service of a git
 revision instead of this working tree's (a before/after in two runs).
 
+Beside the samples, wall time: the batch worker's own timing of its batches
+(`seqserve_batch_duration_seconds`: the model's wall time a batch in the service) against batches
+of the same size and inputs run in-process once the server has stopped (as `bench.serving`'s limit
+runs them: a helper thread with one torch thread, this working tree's code). At one client, what
+a request takes beyond its batch is the HTTP stack's and the hand-offs'. The kernel's account of
+the worker's busiest threads (/proc schedstat: time on a core, and time runnable but waiting for
+a core) tells CPU from waiting, which py-spy's samples of "running" threads do not.
+
 Usage: python -m bench.profile_request [--endpoint translate|caption] [--rev REV]
        [--clients 1] [--duration 20] [--rate 250] [--out bench/results/profile_request_<endpoint>[_c<N>].json]
 """
@@ -35,8 +43,10 @@ from typing import Any
 
 from bench import common
 from bench.service_ab import worktree
-from bench.serving_load import batch_rows, requests_for
+from bench.serving_load import batch_rows, histogram_totals, requests_for
 from harness.server import Server
+
+BATCH_SECONDS = "seqserve_batch_duration_seconds"
 
 # (place, substrings of a frame's file), matched innermost frame first; "model" is decided first
 PLACES = (
@@ -78,6 +88,7 @@ MODEL = ("models/", "torch/")  # where a frame's file starts (py-spy shortens pa
 TOP_STACKS = 5  # per place, in the JSON report
 UVLOOP = "uvloop's C code or epoll (not counted)"
 # innermost functions that wait (a lock, a condition, a queue, a sleep, select/epoll): dropped
+REQUESTS = 64  # distinct requests a client cycles through (sentences of the test split)
 WAITING = frozenset({"wait", "acquire", "sleep", "select", "poll", "_wait_for_tstate_lock"})
 
 
@@ -150,7 +161,7 @@ def client_loop(
     url: str, endpoint: str, stop: threading.Event, sent: list[float], first: int = 0
 ) -> None:
     """One request at a time over one connection; the end time of each 200 into `sent`."""
-    request = requests_for(endpoint, 64)
+    request = requests_for(endpoint, REQUESTS)
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     i = first
@@ -164,6 +175,36 @@ def client_loop(
         i += 1
 
 
+def inprocess_batch_ms(endpoint: str, model_dir: Path, batch: int) -> list[float]:
+    """Milliseconds of each batch of `batch` consecutive inputs of `requests_for` (at least 30,
+    at most 200 batches or 10 s), run as `bench.serving`'s limit runs them: the same code on a
+    helper thread with one torch thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from bench import serving_limit
+    from models.checkpoint import load_model
+
+    device = torch.device("cpu")
+    work = serving_limit.inprocess_work(endpoint, load_model(model_dir, device), device, "none")
+    inputs = [common.image_bytes()] if endpoint == "caption" else common.sentences(REQUESTS)
+
+    def timed() -> list[float]:
+        work(inputs[:batch])  # warm-up
+        times, started = [], time.perf_counter()
+        while len(times) < 200 and (len(times) < 30 or time.perf_counter() - started < 10):
+            first = len(times) * batch
+            chosen = [inputs[(first + i) % len(inputs)] for i in range(batch)]
+            t0 = time.perf_counter()
+            work(chosen)
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    with ThreadPoolExecutor(1) as helper:
+        return serving_limit.run_on(helper, ("helper", 1), timed)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     suffix = f"_c{args.clients}" if args.clients > 1 else ""
     out = args.out or common.RESULTS / f"profile_request_{args.endpoint}{suffix}.json"
@@ -172,7 +213,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seqserve-profile-")))
         place = stack.enter_context(worktree(args.rev, tmp)) if args.rev else None
         home = tmp / "bentoml"
-        common.make_store(common.model_dirs("pretrained", tmp), home)
+        dirs = common.model_dirs("pretrained", tmp)
+        common.make_store(dirs, home)
+        model_dir = dirs["captioner" if args.endpoint == "caption" else "translator"]
         env = {"SEQSERVE_DEVICE": "cpu", "SEQSERVE_GPUS": "0", "SEQSERVE_WORKERS": "1"}
         server = Server.bentoml(home, tmp / "serve.log", env, working_dir=place)
         with server:
@@ -189,8 +232,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             ]
             for client in clients:
                 client.start()
-            rows_before = batch_rows(server.url)
             time.sleep(args.warmup)
+            rows_before = batch_rows(server.url)
+            seconds_before = histogram_totals(server.url, BATCH_SECONDS)
+            threads_before = thread_times(worker.pid)
             raw = tmp / "profile.txt"
             started = time.perf_counter()
             subprocess.run(
@@ -201,15 +246,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             ended = time.perf_counter()
             rows_after = batch_rows(server.url)
+            seconds_after = histogram_totals(server.url, BATCH_SECONDS)
+            threads_after = thread_times(worker.pid)
             stop.set()
             for client in clients:
                 client.join()
             load = common.load_average()[0]
             samples, stacks = places(raw.read_text())
+        batches = rows_after[1] - rows_before[1]
+        rows_per_batch = (rows_after[0] - rows_before[0]) / batches if batches else None
+        same_batch = max(1, round(rows_per_batch or 1))
+        inprocess = inprocess_batch_ms(args.endpoint, model_dir, same_batch)
     done = sorted(t for t in sent if started <= t <= ended)
     gaps = [b - a for a, b in zip(done, done[1:], strict=False)]
-    batches = rows_after[1] - rows_before[1]
-    rows_per_batch = (rows_after[0] - rows_before[0]) / batches if batches else None
     busy = sum(n for place, n in samples.items() if place != UVLOOP)
     per_request = 1000 / args.rate / max(1, len(done))
     rows = [
@@ -217,6 +266,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for place, n in samples.most_common()
     ]
     rows.append(["all busy samples", "100%", f"{busy * per_request:.2f}"])
+    batch_ms = wall_ms_a_batch(seconds_before, seconds_after)
+    inprocess_ms = round(statistics.mean(inprocess), 2)
+    threads = busiest_threads(threads_before, threads_after, len(done))
     print(
         f"{args.endpoint}, {args.clients} client(s): {len(done)} requests in "
         f"{ended - started:.1f} s ({len(done) / (ended - started):.1f}/s), p50 "
@@ -224,6 +276,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"rows per batch {rows_per_batch and round(rows_per_batch, 1)}, load {load}"
     )
     common.print_table(["where", "share of busy samples", "ms a request"], rows)
+    print(
+        f"wall time: {batch_ms} ms a batch in the batch worker (mean); in-process, batches of "
+        f"{same_batch} of the same inputs after the server stopped: mean {inprocess_ms} ms"
+    )
+    print(
+        "the worker's busiest threads, ms a request on a core / waiting for one: "
+        + ", ".join(f"{t['on_core_ms']:.2f} / {t['waiting_ms']:.2f}" for t in threads)
+    )
     report.update(
         requests=len(done),
         seconds=round(ended - started, 2),
@@ -233,11 +293,48 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         busy_samples=busy,
         samples=dict(samples),
         ms_per_request={place: round(n * per_request, 3) for place, n in samples.items()},
+        batch_wall_ms=batch_ms,
+        inprocess_batch=same_batch,
+        inprocess_batch_mean_ms=inprocess_ms,
+        busiest_threads=threads,
         top_stacks=stacks,
         load_average=load,
     )
     common.write_report(report, out)
     return report
+
+
+def thread_times(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of `pid`: nanoseconds on a core and nanoseconds runnable but waiting for one
+    (/proc/<pid>/task/<tid>/schedstat); threads that ended are left out."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            on_core, waiting, _ = (task / "schedstat").read_text().split()
+            found[int(task.name)] = (int(on_core), int(waiting))
+    return found
+
+
+def busiest_threads(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], requests: int
+) -> list[dict[str, float]]:
+    """The threads that ran longest between two `thread_times` readings: ms on a core and ms
+    waiting for one, per request, busiest first (the event loop and the batch worker lead)."""
+    per_request = 1e6 * max(1, requests)
+    moved = [
+        (after[tid][0] - before.get(tid, (0, 0))[0], after[tid][1] - before.get(tid, (0, 0))[1])
+        for tid in after
+    ]
+    return [
+        {"on_core_ms": round(run / per_request, 3), "waiting_ms": round(wait / per_request, 3)}
+        for run, wait in sorted(moved, reverse=True)[:3]
+    ]
+
+
+def wall_ms_a_batch(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Mean milliseconds a batch between two readings of the batch-seconds histogram."""
+    batches = after[1] - before[1]
+    return round(1000 * (after[0] - before[0]) / batches, 2) if batches else None
 
 
 if __name__ == "__main__":

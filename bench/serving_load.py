@@ -73,11 +73,16 @@ def requests_for(endpoint: str, count: int) -> list[Request]:
 
 def batch_rows(url: str) -> tuple[float, float]:
     """Sum and count of the service's seqserve_batch_rows histogram (all labels)."""
+    return histogram_totals(url, "seqserve_batch_rows")
+
+
+def histogram_totals(url: str, name: str) -> tuple[float, float]:
+    """Sum and count of one of the service's histograms, over all its labels."""
     total = count = 0.0
     for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("seqserve_batch_rows_sum"):
+        if line.startswith(f"{name}_sum"):
             total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("seqserve_batch_rows_count"):
+        elif line.startswith(f"{name}_count"):
             count += float(line.rsplit(" ", 1)[1])
     return total, count
 
