@@ -17,7 +17,8 @@ revision instead of this working tree's (a before/after in two runs).
 Beside the samples, wall time: the batch worker's own timing of its batches
 (`seqserve_batch_duration_seconds`: the model's wall time a batch in the service) against batches
 of the same size and inputs run in-process once the server has stopped (as `bench.serving`'s limit
-runs them: a helper thread with one torch thread, this working tree's code). At one client, what
+runs them: a helper thread with one torch thread, this working tree's code), back to back as the
+limit does, and asleep before each batch for as long as the batch worker idled between batches. At one client, what
 a request takes beyond its batch is the HTTP stack's and the hand-offs'. The kernel's account of
 the worker's busiest threads (/proc schedstat: time on a core, and time runnable but waiting for
 a core) tells CPU from waiting, which py-spy's samples of "running" threads do not.
@@ -175,10 +176,14 @@ def client_loop(
         i += 1
 
 
-def inprocess_batch_ms(endpoint: str, model_dir: Path, batch: int) -> list[float]:
+def inprocess_batch_ms(
+    endpoint: str, model_dir: Path, batch: int, pause_s: float
+) -> dict[str, list[float]]:
     """Milliseconds of each batch of `batch` consecutive inputs of `requests_for` (at least 30,
-    at most 200 batches or 10 s), run as `bench.serving`'s limit runs them: the same code on a
-    helper thread with one torch thread."""
+    at most 200 batches or 10 s a way, the two ways alternating in rounds of 10), run as
+    `bench.serving`'s limit runs them (the same code on a helper thread with one torch thread):
+    "back to back", as the limit does, and "paused", asleep `pause_s` before each batch as the
+    service's batch worker is between batches (its caches cool meanwhile)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -190,15 +195,20 @@ def inprocess_batch_ms(endpoint: str, model_dir: Path, batch: int) -> list[float
     work = serving_limit.inprocess_work(endpoint, load_model(model_dir, device), device, "none")
     inputs = [common.image_bytes()] if endpoint == "caption" else common.sentences(REQUESTS)
 
-    def timed() -> list[float]:
+    def timed() -> dict[str, list[float]]:
         work(inputs[:batch])  # warm-up
-        times, started = [], time.perf_counter()
-        while len(times) < 200 and (len(times) < 30 or time.perf_counter() - started < 10):
-            first = len(times) * batch
+        times: dict[str, list[float]] = {"back to back": [], "paused": []}
+        started, done = time.perf_counter(), 0
+        while done < 400 and (done < 60 or time.perf_counter() - started < 20):
+            way = "paused" if (done // 10) % 2 else "back to back"
+            first = len(times[way]) * batch
             chosen = [inputs[(first + i) % len(inputs)] for i in range(batch)]
+            if way == "paused":
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             work(chosen)
-            times.append((time.perf_counter() - t0) * 1000)
+            times[way].append((time.perf_counter() - t0) * 1000)
+            done += 1
         return times
 
     with ThreadPoolExecutor(1) as helper:
@@ -256,7 +266,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         batches = rows_after[1] - rows_before[1]
         rows_per_batch = (rows_after[0] - rows_before[0]) / batches if batches else None
         same_batch = max(1, round(rows_per_batch or 1))
-        inprocess = inprocess_batch_ms(args.endpoint, model_dir, same_batch)
+        batch_ms = wall_ms_a_batch(seconds_before, seconds_after)
+        idle_ms = max(0.0, 1000 * (ended - started) / max(1, batches) - (batch_ms or 0))
+        inprocess = inprocess_batch_ms(args.endpoint, model_dir, same_batch, idle_ms / 1000)
     done = sorted(t for t in sent if started <= t <= ended)
     gaps = [b - a for a, b in zip(done, done[1:], strict=False)]
     busy = sum(n for place, n in samples.items() if place != UVLOOP)
@@ -266,8 +278,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for place, n in samples.most_common()
     ]
     rows.append(["all busy samples", "100%", f"{busy * per_request:.2f}"])
-    batch_ms = wall_ms_a_batch(seconds_before, seconds_after)
-    inprocess_ms = round(statistics.mean(inprocess), 2)
+    inprocess_ms = {way: round(statistics.mean(times), 2) for way, times in inprocess.items()}
     threads = busiest_threads(threads_before, threads_after, len(done))
     print(
         f"{args.endpoint}, {args.clients} client(s): {len(done)} requests in "
@@ -277,8 +288,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     common.print_table(["where", "share of busy samples", "ms a request"], rows)
     print(
-        f"wall time: {batch_ms} ms a batch in the batch worker (mean); in-process, batches of "
-        f"{same_batch} of the same inputs after the server stopped: mean {inprocess_ms} ms"
+        f"wall time: {batch_ms} ms a batch in the batch worker (mean), idle {idle_ms:.2f} ms "
+        f"between batches; in-process, batches of {same_batch} of the same inputs after the "
+        f"server stopped, mean: {inprocess_ms['back to back']} ms back to back, "
+        f"{inprocess_ms['paused']} ms after {idle_ms:.2f} ms asleep"
     )
     print(
         "the worker's busiest threads, ms a request on a core / waiting for one: "
@@ -295,6 +308,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ms_per_request={place: round(n * per_request, 3) for place, n in samples.items()},
         batch_wall_ms=batch_ms,
         inprocess_batch=same_batch,
+        idle_ms_between_batches=round(idle_ms, 2),
         inprocess_batch_mean_ms=inprocess_ms,
         busiest_threads=threads,
         top_stacks=stacks,
