@@ -18,10 +18,11 @@ Beside the samples, wall time: the batch worker's own timing of its batches
 (`seqserve_batch_duration_seconds`: the model's wall time a batch in the service) against batches
 of the same size and inputs run in-process once the server has stopped (as `bench.serving`'s limit
 runs them: a helper thread with one torch thread, this working tree's code), back to back as the
-limit does, and asleep before each batch for as long as the batch worker idled between batches. At one client, what
-a request takes beyond its batch is the HTTP stack's and the hand-offs'. The kernel's account of
-the worker's busiest threads (/proc schedstat: time on a core, and time runnable but waiting for
-a core) tells CPU from waiting, which py-spy's samples of "running" threads do not.
+limit does, and asleep before each batch for as long as the batch worker idled between batches.
+At one client, what a request takes beyond its batch is the HTTP stack's and the hand-offs'. The
+kernel's account of the worker's busiest threads (/proc schedstat: time on a core, and time
+runnable but waiting for a core) tells CPU from waiting, which py-spy's samples of "running"
+threads do not.
 
 Usage: python -m bench.profile_request [--endpoint translate|caption] [--rev REV]
        [--clients 1] [--duration 20] [--rate 250] [--out bench/results/profile_request_<endpoint>[_c<N>].json]
@@ -88,8 +89,8 @@ PLACES = (
 MODEL = ("models/", "torch/")  # where a frame's file starts (py-spy shortens paths), or "/" + it
 TOP_STACKS = 5  # per place, in the JSON report
 UVLOOP = "uvloop's C code or epoll (not counted)"
-# innermost functions that wait (a lock, a condition, a queue, a sleep, select/epoll): dropped
 REQUESTS = 64  # distinct requests a client cycles through (sentences of the test split)
+# innermost functions that wait (a lock, a condition, a queue, a sleep, select/epoll): dropped
 WAITING = frozenset({"wait", "acquire", "sleep", "select", "poll", "_wait_for_tstate_lock"})
 
 
