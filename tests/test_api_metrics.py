@@ -4,6 +4,7 @@ times afterwards, error answers by status and code, and every model's golden che
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,9 +77,6 @@ def test_queue_and_in_flight_gauges_move_while_the_batch_worker_is_busy(client, 
     # The holder keeps the one batch worker busy for about a second; on a loaded host the three
     # translations can miss that window, so the scene is replayed (at most three times) until the
     # gauges are seen with all of them queued. Each sender's connection is opened beforehand.
-    senders = [httpx.Client(base_url=server.url, timeout=60) for _ in range(3)]
-    for sender in senders:
-        sender.get("/healthz")
     seen: dict[str, float] = {}
 
     def queued() -> bool:
@@ -89,14 +87,18 @@ def test_queue_and_in_flight_gauges_move_while_the_batch_worker_is_busy(client, 
         )
         return seen["rows"] >= 3 and seen["requests"] >= 2
 
-    sent = 0
-    for _attempt in range(3):
-        hold_the_worker_while_translations_queue(client, senders, queued)
-        sent += 6
-        if queued():
-            break
-    for sender in senders:
-        sender.close()
+    with contextlib.ExitStack() as stack:
+        senders = [
+            stack.enter_context(httpx.Client(base_url=server.url, timeout=60)) for _ in range(3)
+        ]
+        for sender in senders:
+            sender.get("/healthz")
+        sent = 0
+        for _attempt in range(3):
+            hold_the_worker_while_translations_queue(client, senders, queued)
+            sent += 6
+            if queued():
+                break
     assert queued(), seen
     after = scrape(client)
     assert value(after, "seqserve_queue_rows", **translate) == 0
