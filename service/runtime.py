@@ -111,17 +111,25 @@ class Runtime:
     def load(self, name: str, kind: str, with_source: bool) -> ServedModel:
         """Load store model `name` onto the device and serve it; its task checks its golden."""
         served = load_served_model(name, kind, with_source, self.device)
-        self._stop_when_abandoned(served)
+        self._hook_between_steps(served)
         self.models[name] = served
         return served
 
-    def _stop_when_abandoned(self, served: ServedModel) -> None:
-        """Every decoding step starts with the decoder's embedding: check there whether anybody
-        still waits for the batch, so that a timed-out batch frees the model at once. (One hook
-        per step rather than one per decoder part: each hook call costs time on every step.)"""
-        served.model.decoder.embedding.register_forward_pre_hook(
-            lambda *_: self.batcher.raise_if_abandoned()
-        )
+    def _hook_between_steps(self, served: ServedModel) -> None:
+        """Every decoding step starts with the decoder's embedding; there the batch worker stops
+        a batch nobody waits for any more, so that a timed-out batch frees the model at once, and
+        gives up the GIL and its core for a moment (`os.sched_yield`), so that the event loop
+        gets a turn between two steps. Without that turn, on a busy core the event loop got the
+        GIL about once a switch interval: at twice the capacity, refusals waited seconds and
+        health probes went unanswered (docs/service.md, Overload). One hook per step rather
+        than one per decoder part: each hook call costs time on every step."""
+        batcher = self.batcher
+
+        def between_steps(*_: object) -> None:
+            batcher.raise_if_abandoned()
+            os.sched_yield()
+
+        served.model.decoder.embedding.register_forward_pre_hook(between_steps)
 
     def mark_ready(self) -> None:
         # The libraries and models live as long as the process: freezing them keeps every full

@@ -337,6 +337,25 @@ def test_tiny_models_load_and_pass_their_golden_check(stored_models) -> None:
     ]
 
 
+def test_the_batch_worker_lets_others_run_once_a_decoding_step(stored_models, monkeypatch) -> None:
+    """Between two decoding steps the batch worker gives up the GIL and its core (os.sched_yield),
+    so that the event loop gets a turn within a running batch: what keeps health probes and the
+    door's refusals answered under overload (docs/service.md, Overload)."""
+    from models.search import SearchOptions, decode
+    from models.vocabulary import END
+
+    runtime = loaded_runtime(language_model="")
+    served = runtime.models["translator"]
+    yields = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+    ids = torch.tensor([[5, 6, 7, END]])
+    state = served.model.init_state(ids, torch.tensor([4]))
+    options = SearchOptions(max_length=6, min_length=6)  # END forbidden: exactly 6 steps
+    (found,) = decode(served.model.decoder, state, options)
+    assert len(found[0].token_log_probs) == 6
+    assert len(yields) == 6
+
+
 def test_tampered_weights_keep_the_service_not_ready(stored_models, caplog) -> None:
     def flip_a_byte(directory: Path) -> None:
         weights = bytearray((directory / "model.safetensors").read_bytes())

@@ -37,6 +37,8 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import psutil
+
 from harness.load import (
     Request,
     Tally,
@@ -113,6 +115,32 @@ async def sample_memory(server: Server, stop: asyncio.Event, samples: list[float
         await asyncio.sleep(2)
 
 
+class CoresUsed:
+    """CPU time over wall time while the block runs, of the serving worker and of this load
+    client's process (its prober excluded): how much of the machine each took."""
+
+    def __init__(self, worker: psutil.Process) -> None:
+        self.processes = {"worker": worker, "load_client": psutil.Process()}
+        self.used: dict[str, float] = {}
+
+    def __enter__(self) -> CoresUsed:
+        self.started = time.perf_counter()
+        self.cpu = {name: _cpu_seconds(p) for name, p in self.processes.items()}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        wall = time.perf_counter() - self.started
+        self.used = {
+            name: round((_cpu_seconds(p) - self.cpu[name]) / wall, 2)
+            for name, p in self.processes.items()
+        }
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def per_second(answers: Tally) -> list[int]:
     """Requests answered 200 in each whole second after the run started."""
     counts = Counter(int(a.answered - answers.started) for a in answers.ok())
@@ -155,10 +183,12 @@ async def run_phases(server: Server, args: argparse.Namespace) -> dict:
     # not counted: the worker's threads and allocator caches grow to their size
     warm = await closed_loop(url, requests, args.clients, args.warmup)
     warm_mb = rss_mb(worker)
-    measured = await closed_loop(url, requests, args.clients, args.measure)
+    with CoresUsed(worker) as measured_cores:
+        measured = await closed_loop(url, requests, args.clients, args.measure)
     capacity = len(measured.ok()) / args.measure
     steady, memory = await steady_phase(server, args)
-    overload, overload_s, probes = await overload_phase(url, 2 * capacity, args)
+    with CoresUsed(worker) as overload_cores:
+        overload, overload_s, probes = await overload_phase(url, 2 * capacity, args)
     recovery = await closed_loop(url, requests, args.clients, RECOVERY_S)
     seconds = per_second(recovery)
     recovered = next((i + 1 for i, n in enumerate(seconds) if n >= 0.8 * capacity), None)
@@ -168,6 +198,7 @@ async def run_phases(server: Server, args: argparse.Namespace) -> dict:
     return {
         "capacity_rps": round(capacity, 1),
         "clients": args.clients,
+        "capacity_cores_used": measured_cores.used,
         "warmup": {
             "seconds": args.warmup,
             "statuses": dict(warm.statuses()),
@@ -194,6 +225,7 @@ async def run_phases(server: Server, args: argparse.Namespace) -> dict:
                 sum(isinstance(a.status, int) for a in overload.answers) / overload_s, 1
             ),
             "health_probes": dict(probes),
+            "cores_used": overload_cores.used,
         },
         "recovery": {"per_second": seconds, "seconds_to_80_percent": recovered},
     }
