@@ -21,11 +21,13 @@ BOUNDARY = "harnessboundary7d93"
 
 @dataclass(frozen=True)
 class Request:
-    """One pre-encoded POST, so that the client does little work per call."""
+    """One pre-encoded call (a POST unless `method` says otherwise), so that the client does
+    little work per call."""
 
     path: str
     body: bytes
     content_type: str
+    method: str = "POST"
 
 
 def json_request(path: str, payload: Any) -> Request:
@@ -128,11 +130,13 @@ class Tally:
 
 
 async def send(session: aiohttp.ClientSession, url: str, request: Request) -> Answer:
-    """POST one request; a transport error is an answer too."""
+    """Send one request; a transport error is an answer too."""
     sent = time.perf_counter()
     headers = {"Content-Type": request.content_type}
     try:
-        async with session.post(url + request.path, data=request.body, headers=headers) as reply:
+        async with session.request(
+            request.method, url + request.path, data=request.body, headers=headers
+        ) as reply:
             body = await reply.read()
     except (aiohttp.ClientError, TimeoutError) as error:
         return Answer(sent, time.perf_counter(), f"{type(error).__name__}: {error}"[:120], False)
