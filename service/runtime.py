@@ -119,10 +119,10 @@ class Runtime:
         """Every decoding step starts with the decoder's embedding; there the batch worker stops
         a batch nobody waits for any more, so that a timed-out batch frees the model at once, and
         gives up the GIL and its core for a moment (`os.sched_yield`), so that the event loop
-        gets a turn between two steps. Without that turn, on a busy core the event loop got the
-        GIL about once a switch interval: at twice the capacity, refusals waited seconds and
-        health probes went unanswered (docs/service.md, Overload). One hook per step rather
-        than one per decoder part: each hook call costs time on every step."""
+        gets a turn between two steps. Without it, on one core at twice the capacity, refusals
+        waited up to 10 s and health probes went unanswered; a shorter switch interval did not
+        help (docs/service.md, Overload). One hook per step rather than one per decoder part:
+        each hook call costs time on every step."""
         batcher = self.batcher
 
         def between_steps(*_: object) -> None:
