@@ -193,7 +193,7 @@ async def overload_rounds(
                 "capacity_rps": round(capacity, 1),
                 "offered_rps": round(2 * capacity, 1),
                 "goodput_rps": round(served, 1),
-                "goodput_of_capacity": round(served / capacity, 3),
+                "goodput_of_capacity": round(served / capacity, 3) if capacity else 0.0,
                 "statuses": {str(k): v for k, v in overload.statuses().items()},
                 "cores_used": {"capacity": closed_cores.used, "twice": open_cores.used},
             }
