@@ -27,7 +27,7 @@ import psutil
 
 from bench import common
 from harness.load import Request, caption_request, closed_loop, translate_request
-from harness.server import Server
+from harness.server import Server, cpu_seconds
 
 # the headers of a translation and the start of its body: the door admits it, and it holds the
 # worker's one slot while BentoML waits for the rest
@@ -53,11 +53,6 @@ def cells() -> dict[str, Request]:
         "translate, refused": translate_request(["the cat sits on the mat ."], options),
         "GET /livez": Request("/livez", b"", "text/plain", method="GET"),
     }
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 async def measure(

@@ -38,6 +38,12 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User plus system CPU time of `process` so far, all its threads."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def worker_of(serve_pid: int) -> psutil.Process | None:
     """A serving worker: a child of `bentoml serve` that runs BentoML's worker module."""
     try:

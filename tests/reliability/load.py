@@ -52,7 +52,7 @@ from harness.load import (
     percentiles,
     translate_request,
 )
-from harness.server import Server, http_status
+from harness.server import Server, cpu_seconds, http_status
 from tests.reliability.media import encoded, photo_like
 from tests.serving import rss_mb, start_server
 
@@ -134,20 +134,15 @@ class CoresUsed:
 
     def __enter__(self) -> CoresUsed:
         self.started = time.perf_counter()
-        self.cpu = {name: _cpu_seconds(p) for name, p in self.processes.items()}
+        self.cpu = {name: cpu_seconds(p) for name, p in self.processes.items()}
         return self
 
     def __exit__(self, *_: object) -> None:
         wall = time.perf_counter() - self.started
         self.used = {
-            name: round((_cpu_seconds(p) - self.cpu[name]) / wall, 2)
+            name: round((cpu_seconds(p) - self.cpu[name]) / wall, 2)
             for name, p in self.processes.items()
         }
-
-
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def per_second(answers: Tally) -> list[int]:
